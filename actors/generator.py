@@ -1,0 +1,83 @@
+"""The generator actor: a vLLM engine running in the actor's own process.
+
+The engine is created in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set by the orchestrator's runtime env),
+so new weights are handed to the worker as tensors and loaded in place by vLLM's ``reload_weights``: no restart,
+no files on disk.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from iterdpo.config import GeneratorConfig
+from iterdpo.samples import Sample, Sampling
+
+
+class Generator:
+    def __init__(self, model_dir: str, cfg: GeneratorConfig, seed: int) -> None:
+        # vLLM is imported here, in the actor's process, never in the driver.
+        from vllm import LLM
+
+        self.cfg = cfg
+        on_gpu = torch.cuda.is_available()
+        self.llm = LLM(
+            model=model_dir,
+            dtype=cfg.dtype,
+            enforce_eager=cfg.enforce_eager,
+            max_model_len=cfg.max_model_len,
+            seed=seed,
+            trust_remote_code=False,
+            kv_cache_memory_bytes=None if on_gpu else int(cfg.kv_cache_gib * 2**30),
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+        )
+
+    def generate(self, prompts: list[str], sampling: Sampling) -> list[Sample]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,
+        )
+        # A per-request seed breaks split prefills on CPU; seeding the global generator repeats runs exactly.
+        torch.manual_seed(sampling.seed)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        samples = []
+        for index, output in enumerate(outputs):
+            for completion in output.outputs:
+                token_logprobs = [
+                    step[token].logprob for step, token in zip(completion.logprobs, completion.token_ids)
+                ]
+                samples.append(
+                    Sample(
+                        prompt_index=index,
+                        prompt=prompts[index],
+                        prompt_ids=list(output.prompt_token_ids),
+                        response_ids=list(completion.token_ids),
+                        text=completion.text,
+                        logprobs=token_logprobs,
+                        finished=completion.finish_reason == "stop",
+                    )
+                )
+        return samples
+
+    def logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Per-token log-probs of each response given its prompt, as the engine computes them."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        requests = [TokensPrompt(prompt_token_ids=list(prompt) + list(response)) for prompt, response in sequences]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        scored = []
+        for (prompt, response), output in zip(sequences, outputs):
+            ids = output.prompt_token_ids
+            steps = output.prompt_logprobs
+            scored.append([steps[i][ids[i]].logprob for i in range(len(prompt), len(prompt) + len(response))])
+        return scored
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()

@@ -1,0 +1,160 @@
+"""The learner actor: a DeepSpeed engine on a transformers causal LM.
+
+The reference is never a second resident model. At the start of a round, `reference_logprobs` scores the round's
+pairs with the weights the round starts from; those numbers are all DPO needs of the reference, so the reference is
+refreshed every round by construction and costs no memory beyond two floats per pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from iterdpo.config import LearnerConfig, RoundConfig
+from iterdpo.losses import dpo_loss
+from iterdpo.samples import Pair
+from iterdpo.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
+
+
+@dataclass
+class PairLogps:
+    chosen: list[float]
+    rejected: list[float]
+    weights_hash: str  # the weights that produced these numbers
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _single_process_env() -> None:
+    """A lone learner is rank 0 of a world of 1; a launcher that set these already wins."""
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Learner:
+    def __init__(self, model_dir: str, cfg: LearnerConfig, seed: int) -> None:
+        _single_process_env()
+        import deepspeed
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(seed)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        deepspeed.init_distributed()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=cfg.weight_decay)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "gradient_clipping": cfg.max_grad_norm,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": cfg.bf16},
+            "steps_per_print": 10**9,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.device = self.engine.device
+
+    # -- scoring -------------------------------------------------------------------------------------------------
+
+    def _pair_logps(self, pairs: list[Pair]) -> PairLogps:
+        chosen: list[float] = []
+        rejected: list[float] = []
+        step = self.cfg.micro_batch_size
+        with torch.no_grad():
+            for start in range(0, len(pairs), step):
+                batch = pairs[start : start + step]
+                logps = self._score([(p.prompt_ids, p.chosen_ids) for p in batch] +
+                                    [(p.prompt_ids, p.rejected_ids) for p in batch])
+                chosen += logps[: len(batch)].tolist()
+                rejected += logps[len(batch) :].tolist()
+        return PairLogps(chosen=chosen, rejected=rejected, weights_hash=self.weights_hash())
+
+    def _score(self, sequences: list[Sequence]) -> torch.Tensor:
+        return sequence_logprobs(self.engine, collate(sequences, self.pad_id, self.device))
+
+    def reference_logprobs(self, pairs: list[Pair]) -> PairLogps:
+        """Summed log-probs of chosen and rejected responses under the current (round-start) weights."""
+        self.engine.eval()
+        return self._pair_logps(pairs)
+
+    def logprobs(self, sequences: list[Sequence]) -> list[list[float]]:
+        """Per-token log-probs of each response, for the weight-sync parity check."""
+        self.engine.eval()
+        with torch.no_grad():
+            batch = collate(sequences, self.pad_id, self.device)
+            return per_token_lists(token_logprobs(self.engine, batch), batch)
+
+    # -- training ------------------------------------------------------------------------------------------------
+
+    def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int) -> dict[str, Any]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.learning_rate
+        self.engine.train()
+        step = self.cfg.micro_batch_size
+        order = list(range(len(pairs)))
+        history: list[dict[str, float]] = []
+        for epoch in range(settings.epochs):
+            random.Random(seed * 1000 + epoch).shuffle(order)
+            for start in range(0, len(order), step):
+                index = order[start : start + step]
+                batch = [pairs[i] for i in index]
+                logps = self._score([(p.prompt_ids, p.chosen_ids) for p in batch] +
+                                    [(p.prompt_ids, p.rejected_ids) for p in batch])
+                out = dpo_loss(
+                    logps[: len(batch)],
+                    logps[len(batch) :],
+                    torch.tensor([reference.chosen[i] for i in index], device=self.device),
+                    torch.tensor([reference.rejected[i] for i in index], device=self.device),
+                    beta=settings.beta,
+                )
+                self.engine.backward(out.loss)
+                self.engine.step()
+                history.append(out.metrics)
+        metrics: dict[str, Any] = {f"train/{key}": sum(h[key] for h in history) / len(history) for key in history[0]} if history else {}
+        metrics["train/steps"] = float(len(history))
+        self.engine.eval()
+        after = self._pair_logps(pairs)
+        metrics["logps/chosen_drift"] = _mean_diff(after.chosen, reference.chosen)
+        metrics["logps/rejected_drift"] = _mean_diff(after.rejected, reference.rejected)
+        metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
+        metrics["policy/end_hash"] = after.weights_hash
+        return metrics
+
+    # -- weights -------------------------------------------------------------------------------------------------
+
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the full state dict with Hugging Face names; gathers ZeRO-3 shards first."""
+        module = self.engine.module
+        gathered = contextlib.nullcontext()
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(module.parameters()))
+        with gathered:
+            return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+
+    def weights_hash(self) -> str:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.export_weights().items()):
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def _mean_diff(after: list[float], before: list[float]) -> float:
+    return sum(a - b for a, b in zip(after, before)) / len(after) if after else 0.0

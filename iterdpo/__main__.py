@@ -1,0 +1,5 @@
+import sys
+
+from iterdpo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,309 @@
+"""Typed run configuration: the one source of defaults.
+
+A config is a tree of frozen dataclasses grouped by role. YAML files and dotted ``key=value`` overrides are
+merged into plain dicts first and then converted in one pass that checks every key and type, so a bad value
+fails at load time with a message naming the field, never deep inside an actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or override; the CLI prints it as one line."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "builtin:smollm2-135m-instruct", "builtin:tiny-qwen2", or a Hugging Face model folder.
+    path: str = "builtin:smollm2-135m-instruct"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "builtin:rotten-tomatoes" (review prefixes) or a text file with one prompt per line.
+    prompts: str = "builtin:rotten-tomatoes"
+    prompts_per_round: int = 32
+    eval_prompts: int = 16
+    prefix_words: int = 8
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    dtype: str = "float32"
+    max_model_len: int = 256
+    kv_cache_gib: float = 1.0
+    gpu_memory_utilization: float = 0.3
+    enforce_eager: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    eval_samples_per_prompt: int = 4
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    # "vader": VADER compound sentiment in [-1, 1]; "function": a Python callable named by `function`.
+    kind: str = "vader"
+    function: str = ""
+    num_cpus: float = 0.5
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    strategy: str = "best_vs_worst"
+    min_margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    zero_stage: int = 2
+    micro_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    bf16: bool = False
+    torch_threads: int = 2
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    parity_tolerance: float = 2e-3
+    probe_sequences: int = 4
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Settings that may change from round to round; `schedule` entries override these."""
+
+    loss: str = "dpo"
+    beta: float = 0.1
+    learning_rate: float = 2e-5
+    epochs: int = 1
+    samples_per_prompt: int = 4
+    reference: str = "refresh"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    rounds: int = 3
+    seed: int = 0
+    runs_dir: str = "runs"
+    # CPUs Ray may use when it starts a local node; 0 lets Ray count them. Ignored on an existing cluster.
+    num_cpus: float = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    round: RoundConfig = field(default_factory=RoundConfig)
+    schedule: list[dict[str, Any]] = field(default_factory=list)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "judge.kind": ("vader", "function"),
+    "pairs.strategy": ("best_vs_worst",),
+    "round.loss": ("dpo",),
+    "round.reference": ("refresh",),
+    "generator.dtype": ("float32", "bfloat16", "float16", "auto"),
+    "learner.zero_stage": (0, 1, 2, 3),
+}
+_POSITIVE = {
+    "data.prompts_per_round", "data.eval_prompts", "data.prefix_words", "generator.max_model_len",
+    "generator.kv_cache_gib", "generator.max_new_tokens", "generator.eval_samples_per_prompt",
+    "learner.micro_batch_size", "learner.gradient_accumulation_steps", "learner.torch_threads",
+    "sync.parity_tolerance", "sync.probe_sequences", "round.beta", "round.learning_rate", "round.epochs",
+    "round.samples_per_prompt", "run.rounds",
+}
+_NON_NEGATIVE = {
+    "generator.num_cpus", "generator.num_gpus", "judge.num_cpus", "learner.num_cpus", "learner.num_gpus",
+    "generator.temperature", "learner.max_grad_norm", "learner.weight_decay", "pairs.min_margin", "run.num_cpus",
+}
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Checks `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool or tp is int:
+        if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{dotted}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            dotted = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _convert(data[name], hints[name], dotted)
+    return cls(**kwargs)
+
+
+def _check_section(group: str, section: Any, label: str) -> None:
+    for field_ in dataclasses.fields(section):
+        dotted = f"{group}.{field_.name}"
+        value = getattr(section, field_.name)
+        where = f"{label}.{field_.name}"
+        if dotted in _POSITIVE and value <= 0:
+            raise ConfigError(f"{where}: expected a value > 0, got {value!r}")
+        if dotted in _NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{where}: expected a value >= 0, got {value!r}")
+        if dotted in _CHOICES and value not in _CHOICES[dotted]:
+            raise ConfigError(f"{where}: expected one of {list(_CHOICES[dotted])}, got {value!r}")
+
+
+def round_settings(cfg: Config, index: int) -> RoundConfig:
+    """The settings of round `index` (0-based): `round` overridden by schedule entries up to `index`.
+
+    A value given in an entry carries over to later rounds until another entry changes it.
+    """
+    merged = dataclasses.asdict(cfg.round)
+    for position, entry in enumerate(cfg.schedule[: index + 1]):
+        _build(RoundConfig, entry, f"schedule[{position}]")  # rejects unknown keys and wrong types early
+        merged.update(entry)
+    settings = _build(RoundConfig, merged, "round")
+    _check_section("round", settings, f"schedule[{min(index, len(cfg.schedule) - 1)}]" if cfg.schedule else "round")
+    return settings
+
+
+def _check_ranges(cfg: Config) -> None:
+    for group in ("data", "generator", "judge", "pairs", "learner", "sync", "round", "run"):
+        _check_section(group, getattr(cfg, group), group)
+    if len(cfg.schedule) > cfg.run.rounds:
+        raise ConfigError(f"schedule: {len(cfg.schedule)} entries for run.rounds={cfg.run.rounds}")
+    for index in range(len(cfg.schedule)):
+        round_settings(cfg, index)
+    if cfg.judge.kind == "function" and ":" not in cfg.judge.function:
+        raise ConfigError("judge.function: expected 'package.module:function' when judge.kind is 'function'")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. learner.zero_stage=3")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': expected a dotted key such as round.beta")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{'.'.join(path)}': '{part}' is not a group")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file '{path}': invalid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}': not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
+    tree = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply_override(tree, path, value)
+    cfg = _build(Config, tree)
+    _check_ranges(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    return config_from_dict(read_yaml(Path(path)), overrides)
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _deep_copy(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(value) for value in data]
+    return data

