@@ -41,9 +41,10 @@ class Generator:
             max_tokens=sampling.max_new_tokens,
             logprobs=0,
         )
+        requests = self._chat_format(prompts) if sampling.chat else prompts
         # A per-request seed breaks split prefills on CPU; seeding the global generator repeats runs exactly.
         torch.manual_seed(sampling.seed)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
         samples = []
         for index, output in enumerate(outputs):
             for completion in output.outputs:
@@ -62,6 +63,15 @@ class Generator:
                     )
                 )
         return samples
+
+    def _chat_format(self, prompts: list[str]) -> list[str]:
+        tokenizer = self.llm.get_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
+            return prompts  # a base model: the prompt is the whole context
+        return [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
 
     def logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         """Per-token log-probs of each response given its prompt, as the engine computes them."""

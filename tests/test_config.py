@@ -67,3 +67,30 @@ def test_yaml_errors(tmp_path):
     bad.write_text("round: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
+
+
+def test_python_schedule_carries_over_and_adapts():
+    from iterdpo.schedule import Round, Schedule
+
+    base = config_from_dict({}).round
+    schedule = Schedule([Round(beta=0.3), Round(learning_rate=1e-4), {"epochs": 2}])
+    assert schedule.settings(base, 1, []).beta == 0.3
+    third = schedule.settings(base, 3, [])
+    assert (third.beta, third.learning_rate, third.epochs) == (0.3, 1e-4, 2)
+
+    def raise_beta_when_reward_falls(history):
+        if len(history) >= 2 and history[-1]["eval/reward_mean"] < history[-2]["eval/reward_mean"]:
+            return {"beta": history[-1]["settings"]["beta"] * 2}
+        return None
+
+    adaptive = Schedule(adapt=raise_beta_when_reward_falls)
+    history = [{"eval/reward_mean": 0.5}, {"eval/reward_mean": 0.4, "settings": {"beta": 0.1}}]
+    assert adaptive.settings(base, 1, history[:1]).beta == 0.1
+    assert adaptive.settings(base, 2, history).beta == 0.2
+
+
+def test_python_schedule_is_validated():
+    from iterdpo.schedule import Round, Schedule
+
+    with pytest.raises(ConfigError, match=r"schedule\[0\].beta: expected a value > 0"):
+        Schedule([Round(beta=-1.0)]).settings(config_from_dict({}).round, 1, [])

@@ -62,5 +62,5 @@ def test_round_folders_are_datasets(smoke_run):
     _, rows, run_dir = smoke_run
     samples = load_from_disk(str(run_dir / "round_001" / "samples"))
     pairs = load_from_disk(str(run_dir / "round_001" / "pairs"))
-    assert len(samples) == rows[1]["samples/count"] and "score" in samples.column_names
+    assert len(samples) == rows[1]["samples/samples"] and "score" in samples.column_names
     assert len(pairs) == rows[1]["pairs/count"] and {"chosen_ids", "rejected_ids"} <= set(pairs.column_names)

@@ -1,0 +1,161 @@
+"""What AuxDPO's null-space penalty costs: one training step of AuxDPO against DPO, and the one-vjp/one-jvp penalty
+against the per-sample loop, on the same batch of the same model.
+
+    .venv/bin/python benchmarks/auxdpo_step.py                     # a tiny random Qwen2 (~1M parameters)
+    .venv/bin/python benchmarks/auxdpo_step.py --model ~/.cache/iterdpo/models/smollm2-135m-instruct
+    .venv/bin/python benchmarks/auxdpo_step.py --subset model.layers.3.   # constrain only the last layer
+
+A step is forward + backward + optimizer step on B pairs (2B sequences). The AuxDPO step adds the soft penalty
+(form b of `iterdpo.auxdpo`) at the round-start weights of the constrained parameters (a snapshot, option ii),
+its deltas and their optimizer. Times are medians over --repeats after --warmup runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from iterdpo.auxdpo import AuxDeltas, auxdpo_regulariser, bind, null_space_penalty, per_sample_penalty_loop, snapshot
+from iterdpo.losses import LossInputs, LossParams, preference_loss
+from iterdpo.sequences import TokenBatch, collate, sequence_logprobs
+
+
+def tiny_qwen2(seed: int) -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def load_model(args: argparse.Namespace) -> torch.nn.Module:
+    if args.model is None:
+        return tiny_qwen2(args.seed)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(Path(args.model).expanduser(), dtype=torch.float32)
+
+
+def random_batch(vocab: int, pairs: int, prompt_len: int, response_len: int, seed: int) -> TokenBatch:
+    """2 * pairs sequences, the chosen block first, with ragged response lengths."""
+    gen = torch.Generator().manual_seed(seed)
+    sequences = []
+    for i in range(2 * pairs):
+        length = response_len - (i % 4)
+        sequences.append((torch.randint(1, vocab, (prompt_len,), generator=gen).tolist(),
+                          torch.randint(1, vocab, (length,), generator=gen).tolist()))
+    return collate(sequences, pad_id=0, device="cpu")
+
+
+def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall time of each function; the functions take turns within each repeat, so a load that comes
+    and goes on a shared machine hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="a Hugging Face model folder (default: tiny random Qwen2)")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs per batch (2x sequences)")
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--response-len", type=int, default=32)
+    parser.add_argument("--subset", default="", help="constrain only parameters whose name starts with this")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args)
+    model.train()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    batch = random_batch(model.config.vocab_size, args.pairs, args.prompt_len, args.response_len, args.seed)
+    lengths = batch.response_mask.sum(-1).float()
+    b = args.pairs
+    params = LossParams(beta=0.1, aux_lambda_null=1e-4, aux_lambda_amp=1e-2, aux_lr=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    with torch.no_grad():
+        reference_logps = sequence_logprobs(model, batch)
+
+    # Round start: the constrained parameters' values (option ii) and the round's deltas.
+    names = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith(args.subset)]
+    reference = snapshot(model, names)
+    constrained = sum(t.numel() for t in reference.values())
+    deltas = AuxDeltas.from_params(b, params)
+
+    def ref_logp_fn(values: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sequence_logprobs(bind(model, values), batch)
+
+    def step(loss_name: str) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logps = sequence_logprobs(model, batch)
+        inputs = LossInputs(logps[:b], logps[b:], reference_logps[:b], reference_logps[b:],
+                            chosen_lengths=lengths[:b], rejected_lengths=lengths[b:])
+        if loss_name == "auxdpo":
+            inputs.delta_chosen, inputs.delta_rejected = deltas.values(range(b))
+        loss = preference_loss(loss_name, inputs, params).loss
+        if loss_name == "auxdpo":
+            delta = torch.cat([inputs.delta_chosen, inputs.delta_rejected])
+            penalty, _ = auxdpo_regulariser(ref_logp_fn, reference, delta, params.aux_lambda_null,
+                                            params.aux_lambda_amp)
+            loss = loss + penalty
+        loss.backward()
+        optimizer.step()
+        if loss_name == "auxdpo":
+            deltas.step()
+
+    delta = torch.randn(2 * b, generator=torch.Generator().manual_seed(args.seed + 1))
+
+    def penalty(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            leaf = delta.clone().requires_grad_(True)
+            fn(ref_logp_fn, reference, leaf).backward()
+
+        return run
+
+    timed = median_seconds(
+        {
+            "dpo": lambda: step("dpo"),
+            "aux": lambda: step("auxdpo"),
+            "fast": penalty(null_space_penalty),
+            "fast_jvp": penalty(lambda *a: null_space_penalty(*a, mode="jvp")),
+            "loop": penalty(per_sample_penalty_loop),
+        },
+        args.warmup,
+        args.repeats,
+    )
+    dpo, aux, fast, fast_jvp, loop = (timed[k] for k in ("dpo", "aux", "fast", "fast_jvp", "loop"))
+
+    print(f"model: {args.model or 'tiny random Qwen2'}, {trainable / 1e6:.2f}M trainable parameters, "
+          f"{constrained / 1e6:.2f}M constrained ({args.subset or 'all'}), {2 * b} sequences of "
+          f"<= {batch.input_ids.shape[1]} tokens, {args.threads} threads, median of {args.repeats}")
+    print(f"  DPO step                     {dpo * 1e3:9.1f} ms")
+    print(f"  AuxDPO step (penalty form b) {aux * 1e3:9.1f} ms")
+    print(f"  penalty, vjp + double bwd    {fast * 1e3:9.1f} ms   (value + gradient wrt delta; the default)")
+    print(f"  penalty, vjp + forward jvp   {fast_jvp * 1e3:9.1f} ms")
+    print(f"  penalty, per-sample loop     {loop * 1e3:9.1f} ms   ({2 * b} backward passes)")
+    print(f"AuxDPO step / DPO step         = {aux / dpo:.2f}x  (target <= 2x)")
+    print(f"per-sample loop / penalty      = {loop / fast:.2f}x  (double backward), {loop / fast_jvp:.2f}x (jvp)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

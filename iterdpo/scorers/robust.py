@@ -1,0 +1,128 @@
+"""A wrapper that keeps one bad sample or one flaky call from failing a whole judge step.
+
+The rule, in order:
+1. The scorer is called on the whole batch. If that call raises or runs past ``timeout_s``, the batch call is retried,
+   up to ``retries`` more times.
+2. If every batch attempt failed, each sample is scored alone (same timeout): a sample whose call raises or times
+   out gets NaN. If more than ``max_drop_fraction`` of the batch fails this way the scorer is treated as broken and
+   `ScorerError` is raised at that point (this also bounds the time a scorer that hangs on everything can take).
+3. Any value that is not a finite number (NaN, inf, None, text) becomes NaN. Every NaN counts as a dropped sample.
+4. An output of the wrong length is a bug in the scorer, not a bad sample: `ScorerError` at once, no retry.
+
+A timed-out call cannot be killed: it keeps running in a daemon thread and its result is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Scorer = Callable[[list[str], list[str]], list[float]]
+
+
+class ScorerError(RuntimeError):
+    """A scorer failed beyond what dropping samples can absorb; the message is one line naming the scorer."""
+
+
+class _WrongLength(Exception):
+    pass
+
+
+@dataclass
+class ScoredBatch:
+    scores: list[float]  # NaN where a sample was dropped
+    failed_batch_calls: int  # batch attempts that raised or timed out
+
+    @property
+    def dropped(self) -> int:
+        return sum(1 for value in self.scores if math.isnan(value))
+
+
+def _as_float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}" if text else type(err).__name__
+
+
+class RobustScorer:
+    def __init__(self, scorer: Scorer, name: str, timeout_s: float | None = 120.0, retries: int = 1,
+                 max_drop_fraction: float = 0.5) -> None:
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"scorer '{name}': timeout_s must be > 0 or None, got {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"scorer '{name}': retries must be >= 0, got {retries}")
+        self.scorer, self.name = scorer, name
+        self.timeout_s, self.retries, self.max_drop_fraction = timeout_s, retries, max_drop_fraction
+
+    def score(self, prompts: list[str], responses: list[str]) -> ScoredBatch:
+        if len(prompts) != len(responses):
+            raise ValueError(f"scorer '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
+        if not responses:
+            return ScoredBatch([], 0)
+        last_error: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                return ScoredBatch(self._call(prompts, responses), failed_batch_calls=attempt)
+            except _WrongLength as err:
+                raise ScorerError(str(err)) from None
+            except Exception as err:  # noqa: BLE001 - any failure of user code is retried, then isolated
+                last_error = err
+        return ScoredBatch(self._isolate(prompts, responses, last_error), failed_batch_calls=self.retries + 1)
+
+    def _isolate(self, prompts: list[str], responses: list[str], batch_error: BaseException) -> list[float]:
+        allowed = int(self.max_drop_fraction * len(responses))
+        scores, failures = [], 0
+        for prompt, response in zip(prompts, responses):
+            try:
+                scores += self._call([prompt], [response])
+            except _WrongLength as err:
+                raise ScorerError(str(err)) from None
+            except Exception as err:  # noqa: BLE001
+                failures += 1
+                scores.append(math.nan)
+                if failures > allowed:
+                    raise ScorerError(
+                        f"scorer '{self.name}' failed on the batch of {len(responses)} ({self.retries + 1} attempts: "
+                        f"{_one_line(batch_error)}) and on {failures} samples alone ({_one_line(err)})"
+                    ) from None
+        return scores
+
+    def _call(self, prompts: list[str], responses: list[str]) -> list[float]:
+        raw = self._run_with_timeout(prompts, responses)
+        try:
+            values = list(raw)
+        except TypeError:
+            message = f"scorer '{self.name}' returned {type(raw).__name__}, expected a list of floats"
+            raise _WrongLength(message) from None
+        if len(values) != len(responses):
+            raise _WrongLength(f"scorer '{self.name}' returned {len(values)} scores for {len(responses)} responses")
+        return [_as_float(value) for value in values]
+
+    def _run_with_timeout(self, prompts: list[str], responses: list[str]) -> Any:
+        if self.timeout_s is None:
+            return self.scorer(prompts, responses)
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = self.scorer(prompts, responses)
+            except BaseException as err:  # noqa: BLE001 - handed to the calling thread
+                outcome["error"] = err
+
+        thread = threading.Thread(target=target, name=f"scorer-{self.name}", daemon=True)
+        thread.start()
+        thread.join(self.timeout_s)
+        if thread.is_alive():
+            raise TimeoutError(f"scorer '{self.name}' took longer than {self.timeout_s:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]

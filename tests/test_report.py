@@ -1,0 +1,140 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from iterdpo.config import ConfigError
+from iterdpo.metrics import save_records
+from iterdpo.report import main, read_rows, write_report
+
+SMOKE_RUN = Path("/tmp/smoke1")
+
+
+def _row(index: int) -> dict:
+    if index == 0:
+        return {"round": 0, "eval/reward_mean": 0.1, "eval/samples": 8, "time/eval_generate_and_judge": 2.0}
+    return {
+        "round": index, "reward/mean": 0.1 * index, "eval/reward_mean": 0.1 + 0.05 * index,
+        "logps/chosen_drift": 1.0 / index, "logps/rejected_drift": -2.0 * index, "pairs/count": 7,
+        "loss/mean": 0.69 - 0.01 * index, "train/rewards/margin": 0.02 * index, "train/rewards/accuracy": 0.5,
+        "sync/parity_max_abs_diff": 1e-6, "safety/refusal_rate": 0.0, "safety/toxicity_rate": 0.01 * index,
+        "kl/mean": 0.01 * index, "judge/nan_rate": None if index == 2 else 0.0, "time/round": 3.0,
+        "reference/source": f"policy@round_{index:03d}_start", "policy/end_hash": "abc",
+        "settings": {"beta": 0.1 * index, "loss": "dpo"},
+    }
+
+
+def _make_run(run_dir: Path, rounds: int, rejected: int | None = None, truncate: bool = False) -> Path:
+    rows = [_row(i) for i in range(rounds + 1)]
+    if rejected is not None:
+        rows[rejected].update({"gate/accepted": False, "gate/reason": "toxicity_rate 0.03 > 0.02 <b>"})
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    if truncate:
+        text += json.dumps(_row(rounds + 1))[:40]  # a writer caught mid-line
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text(text)
+    return run_dir
+
+
+def _add_eval_samples(run_dir: Path, rounds: range) -> None:
+    for r in rounds:
+        records = [
+            {"prompt_index": i, "prompt": f"Prompt {i} <x>", "text": f"answer of round {r} | to {i}", "score": r * 0.1}
+            for i in range(4) for _ in range(2)
+        ]
+        save_records(records, run_dir / f"round_{r:03d}" / "eval_samples")
+
+
+def _has_value(row: dict, key: str) -> bool:
+    return isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+
+
+def _check_plots(out: Path, rows: list[dict]) -> dict:
+    """Every series is drawn at exactly the rounds whose row holds a finite value for it: no round dropped."""
+    plots = json.loads((out / "plots.json").read_text())
+    assert list(plots)[0] == "headline.png"
+    for name, info in plots.items():
+        assert (out / name).stat().st_size > 1000 and info["series"], name
+        for key, series in info["series"].items():
+            with_value = [row["round"] for row in rows if _has_value(row, key)]
+            assert series["x"] == with_value and len(series["y"]) == len(with_value), (name, key)
+    return plots
+
+
+def _all_rounds_series(plots: dict, rows: list[dict]) -> int:
+    """Asserts x covers all `rows`' rounds for each series with a value in every one; returns how many."""
+    rounds = [row["round"] for row in rows]
+    full = [s for info in plots.values() for k, s in info["series"].items() if all(_has_value(row, k) for row in rows)]
+    assert all([x for x in series["x"] if x in rounds] == rounds for series in full)
+    return len(full)
+
+
+def test_finished_run_with_rejected_round(tmp_path):
+    run = _make_run(tmp_path / "run", rounds=4, rejected=3)
+    _add_eval_samples(run, range(0, 5))
+    page = write_report(run)
+    out = run / "report"
+    assert page == out / "report.html"
+    assert {"report.md", "report.html", "plots.json", "headline.png", "family_safety.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    rows = read_rows(run / "metrics.jsonl")
+    plots = _check_plots(out, rows)
+    assert _all_rounds_series(plots, rows) >= 2  # eval/reward_mean in the headline and in family_eval
+    assert _all_rounds_series(plots, rows[1:]) > 10  # the round >= 1 metrics cover rounds 1..4
+    assert all(info["rejected_rounds"] == [3] for info in plots.values())
+    assert plots["family_judge.png"]["series"]["judge/nan_rate"]["x"] == [1, 3, 4]  # null in round 2: a gap
+    assert "family_policy.png" not in plots and "family_reference.png" not in plots  # strings are not plotted
+
+    page_html = page.read_text()
+    for r in range(5):
+        assert f"<tr><td>{r}</td>" in page_html or f'<tr class="rejected"><td>{r}</td>' in page_html
+    assert page_html.count('<tr class="rejected">') == 1 + 3  # the table row, and one per sample prompt
+    assert '<tr class="rejected"><td>3</td><td>REJECTED: toxicity_rate 0.03 &gt; 0.02 &lt;b&gt;</td>' in page_html
+    assert "safety/toxicity_rate" in page_html and "0.02 <b>" not in page_html
+    assert "Prompt 0 &lt;x&gt;" in page_html and "Prompt 3" not in page_html  # three prompts shown
+    assert page_html.count("answer of round 4 | to 0") == 1
+
+    markdown = (out / "report.md").read_text()
+    assert "| 3 | REJECTED: toxicity_rate" in markdown and "answer of round 0 \\| to 1" in markdown
+    assert "**rounds done**: 4" in markdown and "0.1 → 0.3 (+0.2)" in markdown
+    assert "settings (changing)" in markdown and "beta=0.3" in markdown
+
+
+def test_run_in_progress_ignores_half_written_line(tmp_path):
+    run = _make_run(tmp_path / "run", rounds=2, truncate=True)
+    (run / "config.json").write_text(json.dumps({"run": {"rounds": 5}}))
+    _add_eval_samples(run, range(0, 2))  # round 2's folder not written yet
+    assert [row["round"] for row in read_rows(run / "metrics.jsonl")] == [0, 1, 2]
+    out = tmp_path / "elsewhere"
+    write_report(run, out)
+    rows = read_rows(run / "metrics.jsonl")
+    assert _all_rounds_series(_check_plots(out, rows), rows) >= 2
+    markdown = (out / "report.md").read_text()
+    assert "**rounds done**: 2 of 5" in markdown and "**rejected rounds**: none" in markdown
+    assert "REJECTED" not in markdown and "| 2 | yes |" in markdown
+
+
+def test_only_initial_evaluation_and_no_samples(tmp_path):
+    run = _make_run(tmp_path / "run", rounds=0)
+    write_report(run)
+    assert "No <code>eval_samples/</code> folders" in (run / "report" / "report.html").read_text()
+
+
+def test_corrupt_middle_line_and_missing_metrics_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="has no metrics.jsonl"):
+        write_report(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n{"round": 1,\n{"round": 2}\n')
+    with pytest.raises(ConfigError, match=r"metrics.jsonl:2: not a JSON row"):
+        read_rows(tmp_path / "metrics.jsonl")
+
+
+@pytest.mark.skipif(not (SMOKE_RUN / "metrics.jsonl").is_file(), reason="no smoke run at /tmp/smoke1")
+def test_real_smoke_run(tmp_path):
+    assert main([str(SMOKE_RUN), "--out", str(tmp_path)]) == 0
+    rows = read_rows(SMOKE_RUN / "metrics.jsonl")
+    plots = _check_plots(tmp_path, rows)
+    assert _all_rounds_series(plots, rows) >= 2 and _all_rounds_series(plots, rows[1:]) > 10
+    assert all(f"<tr><td>{row['round']}</td>" in (tmp_path / "report.html").read_text() for row in rows)
