@@ -11,6 +11,7 @@ import torch
 
 from iterdpo.config import GeneratorConfig
 from iterdpo.samples import Sample, Sampling
+from iterdpo.weights import read_weights
 
 
 class Generator:
@@ -30,6 +31,8 @@ class Generator:
             kv_cache_memory_bytes=None if on_gpu else int(cfg.kv_cache_gib * 2**30),
             gpu_memory_utilization=cfg.gpu_memory_utilization,
         )
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Sample]:
         from vllm import SamplingParams
@@ -89,5 +92,14 @@ class Generator:
         return scored
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads new weights into the running engine, in place (no restart)."""
+        if self.tied_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+            # Once an in-place reload has set the output head, a later state without it (a checkpoint of a tied
+            # model stores the embedding once) would leave the old head in place.
+            state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
         self.llm.reset_prefix_cache()
+
+    def load_weights_file(self, path: str) -> None:
+        """`load_weights` from a safetensors file or model folder (a rollback to a saved policy)."""
+        self.load_weights(read_weights(path))

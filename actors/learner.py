@@ -11,18 +11,23 @@ import contextlib
 import hashlib
 import os
 import random
+import shutil
 import socket
 import statistics
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file as save_safetensors
 
-from iterdpo.config import LearnerConfig, RoundConfig
 from iterdpo import auxdpo
+from iterdpo.config import LearnerConfig, RoundConfig
 from iterdpo.losses import LossInputs, LossParams, preference_loss
 from iterdpo.samples import Pair
 from iterdpo.sequences import Sequence, TokenBatch, collate, per_token_lists, sequence_logprobs, token_logprobs
+from iterdpo.weights import read_weights
 
 
 @dataclass
@@ -30,6 +35,12 @@ class PairLogps:
     chosen: list[float]
     rejected: list[float]
     weights_hash: str  # the weights that produced these numbers
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]  # means over the round's optimizer steps
+    after: PairLogps  # the pairs scored again with the trained weights
 
 
 def _free_port() -> int:
@@ -70,6 +81,7 @@ class Learner:
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.device = self.engine.device
+        self.model_dir = model_dir
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
@@ -89,10 +101,19 @@ class Learner:
     def _score(self, sequences: list[Sequence]) -> torch.Tensor:
         return sequence_logprobs(self.engine, collate(sequences, self.pad_id, self.device))
 
-    def reference_logprobs(self, pairs: list[Pair]) -> PairLogps:
-        """Summed log-probs of chosen and rejected responses under the current (round-start) weights."""
+    def reference_logprobs(self, pairs: list[Pair], weights_file: str | None = None) -> PairLogps:
+        """Summed log-probs of chosen and rejected responses under the current (round-start) weights, or under the
+        weights in `weights_file` (safetensors file or model folder: pi0, an EMA of past policies), swapped in only
+        for scoring: no second model stays resident."""
         self.engine.eval()
-        return self._pair_logps(pairs)
+        if weights_file is None:
+            return self._pair_logps(pairs)
+        current = self.export_weights()
+        self._copy_into_module(read_weights(weights_file))
+        try:
+            return self._pair_logps(pairs)
+        finally:
+            self._copy_into_module(current)
 
     def logprobs(self, sequences: list[Sequence]) -> list[list[float]]:
         """Per-token log-probs of each response, for the weight-sync parity check."""
@@ -103,9 +124,8 @@ class Learner:
 
     # -- training ------------------------------------------------------------------------------------------------
 
-    def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int) -> dict[str, Any]:
-        """Trains `settings.loss` on the round's pairs for `settings.epochs`, then measures the drift of the
-        chosen and rejected log-probs from the reference."""
+    def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int) -> TrainResult:
+        """Trains `settings.loss` on the round's pairs for `settings.epochs`, then scores the pairs again."""
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
         params = LossParams(beta=settings.beta, **settings.loss_params)
@@ -123,13 +143,9 @@ class Learner:
         metrics["train/steps"] = float(len(history))
         if aux is not None:
             metrics.update(aux.deltas.stats())
-        self.engine.eval()
-        after = self._pair_logps(pairs)
-        metrics["logps/chosen_drift"] = _mean_diff(after.chosen, reference.chosen)
-        metrics["logps/rejected_drift"] = _mean_diff(after.rejected, reference.rejected)
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
-        metrics["policy/end_hash"] = after.weights_hash
-        return metrics
+        self.engine.eval()
+        return TrainResult(metrics=metrics, after=self._pair_logps(pairs))
 
     def _step(self, loss_name: str, params: LossParams, batch: list[Pair], index: list[int], reference: PairLogps,
               aux: "_AuxTerm | None") -> dict[str, float]:
@@ -180,12 +196,61 @@ class Learner:
         with gathered:
             return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
 
+    def save_weights(self, folder: str) -> str:
+        """Writes the policy as a Hugging Face folder (safetensors, config and tokenizer of the original model)
+        that transformers and vLLM load; atomically. Returns the weights' hash."""
+        target = Path(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=_ensure_dir(target.parent)))
+        try:
+            for item in Path(self.model_dir).iterdir():
+                if item.is_file() and not item.name.endswith((".safetensors", ".bin", ".index.json")):
+                    shutil.copy2(item, tmp / item.name)
+            state = self.export_weights()
+            save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _hash_state(state)
+
+    def load_weights(self, weights_file: str) -> str:
+        """Makes the weights in `weights_file` the policy's (a rollback): the module and the optimizer's own
+        fp32 copies both. Returns the hash of the weights now in place."""
+        self._copy_into_module(read_weights(weights_file))
+        if hasattr(self.optimizer, "refresh_fp32_params"):
+            self.optimizer.refresh_fp32_params()  # ZeRO keeps master copies that the next step would write back
+        return self.weights_hash()
+
+    def update_ema(self, ema_file: str, rate: float, initial: str) -> str:
+        """ema <- rate * ema + (1 - rate) * policy, stored in `ema_file` (starting from `initial`'s weights)."""
+        path = Path(ema_file)
+        ema = read_weights(str(path if path.exists() else initial))
+        policy = self.export_weights()
+        blended = {name: rate * ema[name] + (1.0 - rate) * policy[name] for name in ema}
+        _ensure_dir(path.parent)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_safetensors(blended, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+        return _hash_state(blended)
+
+    def _copy_into_module(self, state: dict[str, torch.Tensor]) -> None:
+        module = self.engine.module
+        params = dict(module.named_parameters())
+        missing = sorted(set(params) - set(state))
+        if missing:
+            raise ValueError(f"weights file lacks {len(missing)} parameters, e.g. {missing[0]}")
+        gathered = contextlib.nullcontext()
+        if self.cfg.zero_stage == 3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=0)
+        with gathered, torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state[name].to(param.device, param.dtype))
+
     def weights_hash(self) -> str:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.export_weights().items()):
-            digest.update(name.encode())
-            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return _hash_state(self.export_weights())
 
 
 class _AuxTerm:
@@ -211,5 +276,16 @@ class _AuxTerm:
                                          self.params.aux_lambda_amp)
 
 
-def _mean_diff(after: list[float], before: list[float]) -> float:
-    return sum(a - b for a, b in zip(after, before)) / len(after) if after else 0.0
+def _hash_state(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+

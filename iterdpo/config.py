@@ -114,9 +114,27 @@ class RoundConfig:
     learning_rate: float = 2e-5
     epochs: int = 1
     samples_per_prompt: int = 4
+    # refresh: the policy at the round's start; fixed: pi0; ema: an exponential moving average of past policies.
     reference: str = "refresh"
+    ema_rate: float = 0.5  # ema: weight of the previous average when a round's policy is folded in
     # Hyper-parameters of the loss beyond beta, by name: see `iterdpo.losses.LossParams` (e.g. eps, alpha_safe).
     loss_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Safety gate: a round that breaks a threshold is rejected and the policy rolled back (null = no check).
+
+    Drops and rises are in absolute rate points (0.1 = 10 points), against round 0 or the last accepted round.
+    A negative limit demands an improvement of at least that much.
+    """
+
+    max_refusal_drop: float | None = None
+    max_toxicity_rise: float | None = None
+    max_over_refusal_rise: float | None = None
+    max_reward_drop: float | None = None  # eval/reward_mean
+    baseline: str = "last_accepted"
+    on_reject: str = "continue"
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,11 @@ class RunConfig:
     rounds: int = 3
     seed: int = 0
     runs_dir: str = "runs"
+    # Score each round's pairs under pi0 too: cumulative drift and KL to the initial policy.
+    track_pi0: bool = True
+    keep_checkpoints: int = 1
+    # Log an alarm when the chosen log-prob has fallen this many rounds in a row.
+    alarm_rounds: int = 2
     # CPUs Ray may use when it starts a local node; 0 lets Ray count them. Ignored on an existing cluster.
     num_cpus: float = 2.0
 
@@ -139,6 +162,7 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     round: RoundConfig = field(default_factory=RoundConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     schedule: list[dict[str, Any]] = field(default_factory=list)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -149,7 +173,9 @@ class Config:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "safety.harmful_source": ("advbench", "harmbench", "donotanswer"),
     "pairs.strategy": ("best_vs_worst", "best_vs_random", "all_above_margin"),
-    "round.reference": ("refresh",),
+    "round.reference": ("refresh", "fixed", "ema"),
+    "gate.baseline": ("initial", "last_accepted"),
+    "gate.on_reject": ("continue", "stop"),
     "generator.dtype": ("float32", "bfloat16", "float16", "auto"),
     "learner.zero_stage": (0, 1, 2, 3),
 }
@@ -158,7 +184,7 @@ _POSITIVE = {
     "generator.kv_cache_gib", "generator.max_new_tokens", "generator.eval_samples_per_prompt",
     "learner.micro_batch_size", "learner.gradient_accumulation_steps", "learner.torch_threads",
     "safety.max_new_tokens", "sync.parity_tolerance", "sync.probe_sequences", "round.beta", "round.learning_rate", "round.epochs",
-    "round.samples_per_prompt", "run.rounds",
+    "round.samples_per_prompt", "run.rounds", "run.keep_checkpoints", "run.alarm_rounds",
 }
 _NON_NEGATIVE = {
     "generator.num_cpus", "generator.num_gpus", "judge.num_cpus", "learner.num_cpus", "learner.num_gpus",
@@ -252,6 +278,8 @@ def _check_section(group: str, section: Any, label: str) -> None:
         dotted = f"{group}.{field_.name}"
         value = getattr(section, field_.name)
         where = f"{label}.{field_.name}"
+        if value is None:
+            continue
         if dotted in _POSITIVE and value <= 0:
             raise ConfigError(f"{where}: expected a value > 0, got {value!r}")
         if dotted in _NON_NEGATIVE and value < 0:
@@ -260,6 +288,8 @@ def _check_section(group: str, section: Any, label: str) -> None:
             raise ConfigError(f"{where}: expected one of {list(_CHOICES[dotted])}, got {value!r}")
     if group == "round":
         _check_loss(section, label)
+        if not 0.0 <= section.ema_rate < 1.0:
+            raise ConfigError(f"{label}.ema_rate: expected a value in [0, 1), got {section.ema_rate!r}")
 
 
 def apply_round_overrides(settings: RoundConfig, overrides: dict[str, Any], label: str) -> RoundConfig:
@@ -289,7 +319,7 @@ def _check_scorers(cfg: JudgeConfig) -> None:
 
 
 def _check_ranges(cfg: Config) -> None:
-    for group in ("data", "generator", "judge", "safety", "pairs", "learner", "sync", "round", "run"):
+    for group in ("data", "generator", "judge", "safety", "pairs", "learner", "sync", "round", "gate", "run"):
         _check_section(group, getattr(cfg, group), group)
     _check_scorers(cfg.judge)
     if len(cfg.schedule) > cfg.run.rounds:

@@ -251,7 +251,7 @@ LOSSES: dict[str, PairLossFn] = {
     "rdpo": _rdpo,
     "dpop": _dpop,
     "simpo": _simpo,
-    "safe_dpo": _safe_dpo,
+    "safedpo": _safe_dpo,
     "margin_dpo": _margin_dpo,
     "orpo": _orpo,
     "kto": _kto,
@@ -263,7 +263,7 @@ LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 _NEEDS: dict[str, tuple[str, ...]] = {
     "simpo": ("chosen_lengths", "rejected_lengths"),
     "orpo": ("chosen_lengths", "rejected_lengths"),
-    "safe_dpo": ("chosen_safety", "rejected_safety"),
+    "safedpo": ("chosen_safety", "rejected_safety"),
     "margin_dpo": ("chosen_scores", "rejected_scores"),
 }
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,10 +22,12 @@ from tqdm import tqdm
 
 from actors.generator import Generator
 from actors.judge import Judge
-from actors.learner import Learner, PairLogps
+from actors.learner import Learner, PairLogps, TrainResult
 from iterdpo.config import Config, ConfigError, RoundConfig
 from iterdpo.data import PromptSplit, load_prompts
+from iterdpo.drift import PairScores, drift_metrics, falling_streak, win_rate
 from iterdpo.evaluation import SafetyPrompts, reward_metrics, safety_metrics
+from iterdpo.gate import baseline_row, decide
 from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, atomic_write_text, save_records
 from iterdpo.models import resolve_model
 from iterdpo.pairs import PairSet, build_pairs
@@ -50,6 +53,13 @@ class ParityError(RunError):
 class Judged:
     result: JudgeResult
     safety: list[float] | None  # per sample, 1 = safe; None when annotation is off
+
+
+@dataclass
+class Reference:
+    scores: PairLogps
+    pi0: PairLogps | None  # the same pairs under the initial policy, when tracked
+    source: str
 
 
 @dataclass
@@ -81,6 +91,11 @@ class Orchestrator:
             .remote(self.model_dir, cfg.learner, cfg.run.seed)
         )
         _wait_until_started({"generator": self.generator, "judge": self.judge_actor, "learner": self.learner})
+        self.pi0_hash = self.policy_hash = ray.get(self.learner.weights_hash.remote())
+        self.accepted_weights = self.model_dir  # what a rejected round rolls back to
+        self.ema_file = run_dir / "reference" / "ema.safetensors"
+        self.eval_baseline: list[float] = []
+        self._probe: list[tuple[list[int], list[int]]] = []
         self.metrics = MetricsLog(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -90,7 +105,7 @@ class Orchestrator:
     def run(self) -> list[dict[str, Any]]:
         timer = PhaseTimer()
         with timer.phase("evaluate"):
-            baseline = self.evaluate(round_index=0)
+            baseline, self.eval_baseline = self.evaluate(round_index=0)
         self.metrics.append({**baseline, **timer.times})
         log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
                  baseline["eval/reward_mean"], baseline["safety/refusal_rate"], baseline["safety/toxicity_rate"])
@@ -98,6 +113,9 @@ class Orchestrator:
             result = self.run_round(index)
             self.metrics.append(result.metrics)
             self._log_round(result)
+            if not result.metrics["gate/accepted"] and self.cfg.gate.on_reject == "stop":
+                log.warning("stopping: round %d was rejected and gate.on_reject is 'stop'", index)
+                break
         return self.metrics.rows
 
     def run_round(self, index: int) -> RoundResult:
@@ -105,7 +123,6 @@ class Orchestrator:
         timer = PhaseTimer()
         round_dir = self.run_dir / f"round_{index:03d}"
         bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
-
         manifest = RoundManifest(round_dir / "manifest.json", index, settings, self._seed(index), self.cfg.to_dict())
 
         @contextmanager
@@ -125,18 +142,16 @@ class Orchestrator:
             pair_set = self.build_pairs(samples, judged, index)
         with phase("reference"):
             pairs_ref = ray.put(pair_set.pairs)
-            reference = self.reference_logprobs(pairs_ref)
+            reference = self.reference_logprobs(pairs_ref, settings, index)
         with phase("train"):
-            train_metrics = self.train(pairs_ref, reference, settings, index)
+            trained = self.train(pairs_ref, reference.scores, settings, index)
         with phase("sync_weights"):
             parity = self.sync_weights(samples)
         with phase("evaluate"):
-            evaluation = self.evaluate(round_index=index)
+            evaluation, eval_scores = self.evaluate(round_index=index)
         bar.close()
-        wall = time.perf_counter() - start
 
         self._save_round(round_dir, samples, judged.result.combined, pair_set)
-        manifest.finish(start_hash=reference.weights_hash, end_hash=train_metrics["policy/end_hash"])
         metrics: dict[str, Any] = {
             "round": index,
             **reward_metrics(judged.result, samples, "reward/", "samples"),
@@ -147,15 +162,45 @@ class Orchestrator:
             "pairs/below_margin": pair_set.below_margin,
             "pairs/unscored": pair_set.unscored,
             "sync/parity_max_abs_diff": parity,
-            "reference/source": f"policy@round_{index:03d}_start",
-            "reference/weights_hash": reference.weights_hash,
+            "reference/source": reference.source,
+            "reference/weights_hash": reference.scores.weights_hash,
+            "policy/start_hash": self.policy_hash,
+            "policy/end_hash": trained.after.weights_hash,
             "settings": dataclasses.asdict(settings),
-            **train_metrics,
+            **trained.metrics,
+            **drift_metrics(_scores(reference.scores), _scores(trained.after), _scores(reference.pi0), settings.beta),
             **{key: value for key, value in evaluation.items() if key != "round"},
+            "eval/win_rate_vs_pi0": win_rate(eval_scores, self.eval_baseline),
+            "throughput/generate_tokens_per_s": sum(len(s.response_ids) for s in samples) / timer.times["time/generate"],
             **timer.times,
-            "time/round": wall,
         }
+        metrics.update(self.gate(index, metrics, settings))
+        metrics["time/round"] = time.perf_counter() - start
+        streak = falling_streak(self.metrics.rows + [metrics])
+        metrics["alarm/chosen_logp_falling_rounds"] = streak
+        if streak >= self.cfg.run.alarm_rounds:
+            log.warning("ALARM: the chosen responses' log-prob has fallen %d rounds in a row (logps/chosen_drift < 0)",
+                        streak)
+        manifest.finish(start_hash=metrics["policy/start_hash"], end_hash=metrics["policy/end_hash"],
+                        accepted=metrics["gate/accepted"], policy_after=self.policy_hash)
         return RoundResult(index=index, metrics=metrics)
+
+    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig) -> dict[str, Any]:
+        """Accepts the round (checkpoint, EMA) or rejects it and restores the last accepted weights everywhere."""
+        accepted, reason = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
+        if accepted:
+            self.policy_hash = row["policy/end_hash"]
+            self.accepted_weights = self._checkpoint(index)
+            if settings.reference == "ema":
+                ray.get(self.learner.update_ema.remote(str(self.ema_file), settings.ema_rate, self.model_dir))
+            return {"gate/accepted": True}
+        log.warning("round %d rejected by the safety gate: %s", index, reason)
+        restored = ray.get(self.learner.load_weights.remote(self.accepted_weights))
+        ray.get(self.generator.load_weights_file.remote(self.accepted_weights))
+        parity = self.check_parity(self._probe)
+        self.policy_hash = restored
+        return {"gate/accepted": False, "gate/reason": reason, "gate/restored_hash": restored,
+                "gate/restored_from": self.accepted_weights, "sync/rollback_parity_max_abs_diff": parity}
 
     # -- phases --------------------------------------------------------------------------------------------------
 
@@ -176,17 +221,30 @@ class Orchestrator:
     def build_pairs(self, samples: list[Sample], judged: Judged, index: int) -> PairSet:
         return build_pairs(samples, judged.result.combined, self.cfg.pairs, self._seed(index), judged.safety)
 
-    def reference_logprobs(self, pairs_ref: ray.ObjectRef) -> PairLogps:
-        return ray.get(self.learner.reference_logprobs.remote(pairs_ref))
+    def reference_logprobs(self, pairs_ref: ray.ObjectRef, settings: RoundConfig, index: int) -> Reference:
+        """The pairs scored by the round's reference (refresh: the current weights; fixed: pi0; ema: the average
+        of past policies), and by pi0 for cumulative drift when that is another model."""
+        weights_file, source = {
+            "refresh": (None, f"policy@round_{index:03d}_start"),
+            "fixed": (self.model_dir, "pi0"),
+            "ema": (str(self.ema_file) if self.ema_file.exists() else self.model_dir, f"ema(rate={settings.ema_rate:g})"),
+        }[settings.reference]
+        same_as_pi0 = weights_file == self.model_dir or (weights_file is None and self.policy_hash == self.pi0_hash)
+        pending = [self.learner.reference_logprobs.remote(pairs_ref, weights_file)]
+        if self.cfg.run.track_pi0 and not same_as_pi0:
+            pending.append(self.learner.reference_logprobs.remote(pairs_ref, self.model_dir))
+        scored = ray.get(pending)
+        pi0 = scored[-1] if len(scored) > 1 or same_as_pi0 else None
+        return Reference(scores=scored[0], pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
 
-    def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int) -> dict:
+    def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int) -> TrainResult:
         return ray.get(self.learner.train.remote(pairs_ref, reference, settings, self._seed(index)))
 
     def sync_weights(self, samples: list[Sample]) -> float:
         """Pushes the learner's weights into the engine, then proves the engine serves them."""
         self.push_weights(self.learner.export_weights.remote())
-        probe = [(s.prompt_ids, s.response_ids) for s in samples[: self.cfg.sync.probe_sequences] if s.response_ids]
-        return self.check_parity(probe)
+        self._probe = [(s.prompt_ids, s.response_ids) for s in samples if s.response_ids][: self.cfg.sync.probe_sequences]
+        return self.check_parity(self._probe)
 
     def push_weights(self, weights: ray.ObjectRef) -> None:
         ray.get(self.generator.load_weights.remote(weights))
@@ -202,16 +260,25 @@ class Orchestrator:
             )
         return diff
 
-    def evaluate(self, round_index: int) -> dict[str, Any]:
+    def evaluate(self, round_index: int) -> tuple[dict[str, Any], list[float]]:
         """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; then
-        the safety suite."""
+        the safety suite. Returns the metrics and the held-out rewards, sample by sample."""
         sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=self.cfg.run.seed + 7_919)
         samples = ray.get(self.generator.generate.remote(list(self.prompts.eval), sampling))
         judged = self.judge(samples)
         _save_scored(samples, judged.result.combined, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
         safety = safety_metrics(self.generator, self.judge_actor, self.safety_prompts, self.cfg.safety,
                                 self.cfg.run.seed)
-        return {"round": round_index, **reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety}
+        return {"round": round_index, **reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety}, \
+            judged.result.combined
+
+    def _checkpoint(self, index: int) -> str:
+        """Saves an accepted round's policy as a model folder; keeps the newest `run.keep_checkpoints`."""
+        folder = self.run_dir / "checkpoints" / f"round_{index:03d}"
+        ray.get(self.learner.save_weights.remote(str(folder)))
+        for old in sorted(folder.parent.glob("round_*"))[: -self.cfg.run.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return str(folder)
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
@@ -230,11 +297,12 @@ class Orchestrator:
     def _log_round(self, result: RoundResult) -> None:
         m = result.metrics
         log.info(
-            "round %d: reward/mean=%.4f eval/reward_mean=%.4f pairs=%d (ties %d) loss=%.4f chosen_drift=%.3f "
-            "rejected_drift=%.3f parity=%.2g time=%.1fs",
-            result.index, m["reward/mean"], m["eval/reward_mean"], m["pairs/count"], m["pairs/ties_dropped"],
-            m["loss/mean"], m["logps/chosen_drift"], m["logps/rejected_drift"], m["sync/parity_max_abs_diff"],
-            m["time/round"],
+            "round %d%s: reward/mean=%.4f eval/reward_mean=%.4f win_rate_vs_pi0=%.3f pairs=%d (ties %d) loss=%.4f "
+            "chosen_drift=%.3f rejected_drift=%.3f refusal=%.3f toxicity=%.3f parity=%.2g time=%.1fs",
+            result.index, "" if m["gate/accepted"] else " (REJECTED)", m["reward/mean"], m["eval/reward_mean"],
+            m["eval/win_rate_vs_pi0"], m["pairs/count"], m["pairs/ties_dropped"], m["loss/mean"],
+            m["logps/chosen_drift"], m["logps/rejected_drift"], m["safety/refusal_rate"], m["safety/toxicity_rate"],
+            m["sync/parity_max_abs_diff"], m["time/round"],
         )
 
     def shutdown(self) -> None:
@@ -265,6 +333,10 @@ def _check_resources(cfg: Config) -> None:
                 f"actor resources: generator, judge and learner ask for {amount:g} {resource} in all, the Ray "
                 f"cluster has {available.get(resource, 0.0):g} (lower generator/judge/learner.num_{resource.lower()}s)"
             )
+
+
+def _scores(logps: PairLogps | None) -> PairScores | None:
+    return None if logps is None else PairScores(chosen=logps.chosen, rejected=logps.rejected)
 
 
 def _save_scored(samples: list[Sample], scores: list[float], path: Path) -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def ray_head(tmp_path):
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
         _ray("stop", "--force", env=env)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_smoke_config_runs_as_a_ray_job(ray_head, tmp_path):

@@ -15,9 +15,10 @@ LOSSES = ["auxdpo", "safedpo", "ipo", "cdpo", "rdpo", "dpop", "simpo", "margin_d
 
 @pytest.fixture(scope="module")
 def family_run(ray_session, tmp_path_factory):
-    cfg = load_config("configs/smoke.yaml", [f"run.rounds={len(LOSSES)}", "data.prompts_per_round=4",
+    cfg = load_config("configs/smoke.yaml", [f"run.rounds={len(LOSSES)}", "data.prompts_per_round=6",
                                              "generator.eval_samples_per_prompt=1", "data.eval_prompts=2"])
-    schedule = Schedule([Round(loss=name) for name in LOSSES])
+    references = {"ipo": "fixed", "cdpo": "ema", "rdpo": "ema"}
+    schedule = Schedule([Round(loss=name, reference=references.get(name, "refresh")) for name in LOSSES])
     orchestrator = Orchestrator(cfg, tmp_path_factory.mktemp("family"), schedule)
     try:
         yield orchestrator.run()
@@ -43,3 +44,15 @@ def test_auxdpo_round_logs_its_deltas(family_run):
 
 def test_safedpo_round_sees_safety_annotations(family_run):
     assert "train/safe/offset" in family_run[2]
+
+
+def test_reference_modes(family_run):
+    rows = {row["settings"]["loss"]: row for row in family_run[1:]}
+    pi0 = family_run[1]["policy/start_hash"]
+    assert rows["ipo"]["reference/source"] == "pi0" and rows["ipo"]["reference/weights_hash"] == pi0
+    # The first EMA round starts from pi0, then folds its policy in; the next EMA round's reference differs.
+    assert rows["cdpo"]["reference/source"].startswith("ema") and rows["cdpo"]["reference/weights_hash"] == pi0
+    assert rows["rdpo"]["reference/weights_hash"] not in (pi0, rows["rdpo"]["policy/start_hash"])
+    assert rows["auxdpo"]["reference/source"] == "policy@round_001_start"
+    for row in family_run[2:]:
+        assert "drift/chosen_vs_pi0" in row and "kl/ref_to_policy_k3" in row

@@ -106,13 +106,13 @@ def test_simpo_hand_computed():
 def test_safe_dpo_hand_computed():
     # c = s_w - s_l. Safe chosen, unsafe rejected: c = 1 - 0 = 1, beta h - alpha c = 1 - 1 = 0 -> log 2
     safe = one_pair(chosen_safety=t(1.0), rejected_safety=t(0.0))
-    assert math.isclose(loss_of("safe_dpo", safe, beta=0.5, alpha_safe=1.0), math.log(2.0), rel_tol=1e-12)
+    assert math.isclose(loss_of("safedpo", safe, beta=0.5, alpha_safe=1.0), math.log(2.0), rel_tol=1e-12)
     # Unsafe chosen, safe rejected: c = -1, 1 + 1 = 2 -> log(1 + e^-2) = 0.126928
     unsafe = one_pair(chosen_safety=t(0.0), rejected_safety=t(1.0))
-    assert math.isclose(loss_of("safe_dpo", unsafe, beta=0.5, alpha_safe=1.0), softplus(-2.0), rel_tol=1e-12)
+    assert math.isclose(loss_of("safedpo", unsafe, beta=0.5, alpha_safe=1.0), softplus(-2.0), rel_tol=1e-12)
     # Equal safety: c = 0, DPO.
     same = one_pair(chosen_safety=t(0.3), rejected_safety=t(0.3))
-    assert math.isclose(loss_of("safe_dpo", same, beta=0.5), softplus(-1.0), rel_tol=1e-12)
+    assert math.isclose(loss_of("safedpo", same, beta=0.5), softplus(-1.0), rel_tol=1e-12)
 
 
 def test_margin_dpo_hand_computed():
@@ -272,7 +272,7 @@ def test_missing_inputs_are_named():
     with pytest.raises(ValueError, match="'simpo' needs LossInputs.chosen_lengths, LossInputs.rejected_lengths"):
         preference_loss("simpo", bare, LossParams())
     with pytest.raises(ValueError, match="chosen_safety"):
-        preference_loss("safe_dpo", bare, LossParams())
+        preference_loss("safedpo", bare, LossParams())
     with pytest.raises(ValueError, match="chosen_lengths"):
         preference_loss("dpo", bare, LossParams(rpo_alpha=1.0))
     with pytest.raises(ValueError, match="shape"):

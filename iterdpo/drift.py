@@ -1,0 +1,80 @@
+"""What a round did to the policy, from sequence log-probs of the round's paired responses.
+
+All inputs are summed log-probs per pair, in pair order: under the round's reference (`ref`), the trained policy
+(`after`) and the initial policy pi0 (`pi0`). The responses were sampled from the round-start policy, which is the
+reference in the default `refresh` mode; the KL estimates below rely on that.
+
+KL estimators (Schulman's k1 and k3), over the 2N paired responses y ~ pi_ref, with r = pi_other(y) / pi_ref(y):
+    k1 = mean(-log r)        unbiased for KL(pi_ref || pi_other), noisy, can go negative
+    k3 = mean((r - 1) - log r)   unbiased, always >= 0, lower variance
+The responses are the best and worst of each prompt rather than a plain sample, so these estimate the KL on the
+responses the loss acts on.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass
+class PairScores:
+    chosen: list[float]
+    rejected: list[float]
+
+
+def _diffs(a: list[float], b: list[float]) -> list[float]:
+    return [x - y for x, y in zip(a, b)]
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def kl_estimates(sampler: PairScores, other: PairScores) -> tuple[float, float]:
+    """(k1, k3) estimates of KL(sampler || other) on responses drawn from `sampler`."""
+    log_ratios = _diffs(other.chosen, sampler.chosen) + _diffs(other.rejected, sampler.rejected)
+    k1 = _mean([-lr for lr in log_ratios])
+    # exp of a large log-ratio overflows; clamp at a ratio of e^50, far beyond any meaningful estimate
+    k3 = _mean([math.expm1(min(lr, 50.0)) - lr for lr in log_ratios])
+    return k1, k3
+
+
+def drift_metrics(ref: PairScores, after: PairScores, pi0: PairScores | None, beta: float) -> dict[str, float]:
+    chosen = _diffs(after.chosen, ref.chosen)
+    rejected = _diffs(after.rejected, ref.rejected)
+    margins = [beta * (c - r) for c, r in zip(chosen, rejected)]
+    metrics = {
+        "logps/chosen_drift": _mean(chosen),
+        "logps/rejected_drift": _mean(rejected),
+        "drift/chosen_fell_fraction": _mean([float(c < 0) for c in chosen]),
+        "drift/rejected_rose_fraction": _mean([float(r > 0) for r in rejected]),
+        "rewards/margin_after": _mean(margins),
+        "rewards/accuracy_after": _mean([float(m > 0) for m in margins]),
+    }
+    metrics["kl/ref_to_policy_k1"], metrics["kl/ref_to_policy_k3"] = kl_estimates(ref, after)
+    if pi0 is not None:
+        cumulative = _diffs(after.chosen, pi0.chosen)
+        metrics["drift/chosen_vs_pi0"] = _mean(cumulative)
+        metrics["drift/rejected_vs_pi0"] = _mean(_diffs(after.rejected, pi0.rejected))
+        metrics["drift/chosen_fell_vs_pi0_fraction"] = _mean([float(c < 0) for c in cumulative])
+        metrics["kl/sampler_to_pi0_k1"], metrics["kl/sampler_to_pi0_k3"] = kl_estimates(ref, pi0)
+    return metrics
+
+
+def win_rate(scores: list[float], baseline: list[float]) -> float:
+    """Share of held-out samples that beat the initial policy's sample at the same position (ties count half)."""
+    pairs = [(a, b) for a, b in zip(scores, baseline) if math.isfinite(a) and math.isfinite(b)]
+    return _mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
+
+
+def falling_streak(rows: list[dict], key: str = "logps/chosen_drift") -> int:
+    """How many of the latest rounds in a row had `key` below zero."""
+    streak = 0
+    for row in reversed(rows):
+        value = row.get(key)
+        if not isinstance(value, (int, float)) or not value < 0:
+            break
+        streak += 1
+    return streak
