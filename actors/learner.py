@@ -126,6 +126,7 @@ class Learner:
 
     def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int) -> TrainResult:
         """Trains `settings.loss` on the round's pairs for `settings.epochs`, then scores the pairs again."""
+        self._reset_optimizer_state()
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
         params = LossParams(beta=settings.beta, **settings.loss_params)
@@ -146,6 +147,14 @@ class Learner:
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
         self.engine.eval()
         return TrainResult(metrics=metrics, after=self._pair_logps(pairs))
+
+    def _reset_optimizer_state(self) -> None:
+        """Each round is a fresh preference problem against a new reference: Adam's moments start from zero, which
+        also makes a round depend only on its start weights and seed (what resuming a run relies on)."""
+        inner = self.optimizer
+        while hasattr(inner, "optimizer"):
+            inner = inner.optimizer
+        inner.state.clear()
 
     def _step(self, loss_name: str, params: LossParams, batch: list[Pair], index: list[int], reference: PairLogps,
               aux: "_AuxTerm | None") -> dict[str, float]:
@@ -222,14 +231,14 @@ class Learner:
             self.optimizer.refresh_fp32_params()  # ZeRO keeps master copies that the next step would write back
         return self.weights_hash()
 
-    def update_ema(self, ema_file: str, rate: float, initial: str) -> str:
-        """ema <- rate * ema + (1 - rate) * policy, stored in `ema_file` (starting from `initial`'s weights)."""
-        path = Path(ema_file)
-        ema = read_weights(str(path if path.exists() else initial))
+    def update_ema(self, source: str, target: str, rate: float) -> str:
+        """Writes rate * ema + (1 - rate) * policy to `target`, where ema is read from `source` (a previous EMA
+        file, or pi0's folder to start). Returns the new EMA's hash."""
+        ema = read_weights(source)
         policy = self.export_weights()
         blended = {name: rate * ema[name] + (1.0 - rate) * policy[name] for name in ema}
-        _ensure_dir(path.parent)
-        tmp = path.with_name(f".{path.name}.tmp")
+        path = Path(target)
+        tmp = _ensure_dir(path.parent) / f".{path.name}.tmp"
         save_safetensors(blended, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, path)
         return _hash_state(blended)

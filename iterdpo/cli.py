@@ -1,18 +1,16 @@
-"""`iterdpo run CONFIG [key=value ...] [--run-dir DIR]` and `iterdpo report RUN_DIR`."""
+"""The `iterdpo` command: run, resume, export and report."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from iterdpo.config import ConfigError, load_config
-
-
-class UsageError(ConfigError):
-    pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config file")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. round.beta=0.2 run.rounds=2")
     run.add_argument("--run-dir", help="output folder (default: a new folder under run.runs_dir)")
+    resume = commands.add_parser("resume", help="finish an interrupted run from its last finished round")
+    resume.add_argument("run_dir", type=Path, help="a run directory")
+    export = commands.add_parser("export", help="write a round's policy as a Hugging Face model folder")
+    export.add_argument("run_dir", type=Path, help="a run directory")
+    export.add_argument("out", type=Path, help="the new model folder")
+    export.add_argument("--round", type=int, help="an accepted round whose checkpoint was kept (default: the last)")
     report = commands.add_parser("report", help="plots and a Markdown + HTML page of a run (finished or not)")
     report.add_argument("run_dir", type=Path, help="a run directory")
     report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
@@ -39,6 +43,21 @@ def _new_run_dir(root: Path, stem: str) -> Path:
 def run_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir(Path(cfg.run.runs_dir), Path(args.config).stem)
+    if (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(f"--run-dir '{run_dir}' already holds a run (use `iterdpo resume {run_dir}`)")
+    return _run(cfg, run_dir)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    from iterdpo.config import config_from_dict
+
+    config_file = args.run_dir / "config.json"
+    if not (args.run_dir / "metrics.jsonl").is_file() or not config_file.is_file():
+        raise ConfigError(f"'{args.run_dir}' is not a run directory (expected config.json and metrics.jsonl)")
+    return _run(config_from_dict(json.loads(config_file.read_text(encoding="utf-8"))), args.run_dir)
+
+
+def _run(cfg, run_dir: Path) -> int:
     # Heavy imports (ray, the actors) only once the config is known to be valid.
     from iterdpo.orchestrator import Orchestrator, RunError
 
@@ -56,6 +75,27 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    from iterdpo.checkpoints import RunFiles
+
+    files = RunFiles(args.run_dir)
+    source = files.checkpoint(args.round) if args.round is not None else files.latest_checkpoint(upto=10**9)
+    if source is None or not source.is_dir():
+        kept = sorted(path.name for path in files.checkpoints.glob("round_*")) or "none"
+        wanted = f"round {args.round}" if args.round is not None else f"'{args.run_dir}'"
+        raise ConfigError(f"export: no saved policy for {wanted} (kept checkpoints: {kept})")
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ConfigError(f"export: '{args.out}' exists and is not empty")
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if args.out.exists():
+        args.out.rmdir()
+    tmp.rename(args.out)
+    print(f"exported {source.name} to {args.out}")
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from iterdpo.report import write_report
 
@@ -66,7 +106,7 @@ def report_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
-    commands = {"run": run_command, "report": report_command}
+    commands = {"run": run_command, "resume": resume_command, "export": export_command, "report": report_command}
     try:
         return commands[args.command](args)
     except ConfigError as err:

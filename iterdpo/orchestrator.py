@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from actors.generator import Generator
 from actors.judge import Judge
 from actors.learner import Learner, PairLogps, TrainResult
+from iterdpo.checkpoints import RunFiles
 from iterdpo.config import Config, ConfigError, RoundConfig
 from iterdpo.data import PromptSplit, load_prompts
 from iterdpo.drift import PairScores, drift_metrics, falling_streak, win_rate
@@ -93,7 +93,7 @@ class Orchestrator:
         _wait_until_started({"generator": self.generator, "judge": self.judge_actor, "learner": self.learner})
         self.pi0_hash = self.policy_hash = ray.get(self.learner.weights_hash.remote())
         self.accepted_weights = self.model_dir  # what a rejected round rolls back to
-        self.ema_file = run_dir / "reference" / "ema.safetensors"
+        self.files = RunFiles(run_dir)
         self.eval_baseline: list[float] = []
         self._probe: list[tuple[list[int], list[int]]] = []
         self.metrics = MetricsLog(run_dir)
@@ -103,20 +103,52 @@ class Orchestrator:
     # -- the run -------------------------------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
+        """Runs the rounds not in `metrics.jsonl` yet: all of them in a new run directory, the rest after an
+        interruption (`iterdpo resume`), starting from the last accepted round's saved weights."""
+        if self.metrics.rows:
+            self._restore()
+        else:
+            self._evaluate_initial_policy()
+        for index in range(self.metrics.rows[-1]["round"] + 1, self.cfg.run.rounds + 1):
+            result = self.run_round(index)
+            self.metrics.append(result.metrics)
+            self.files.prune(self.cfg.run.keep_checkpoints, upto=index)
+            self._log_round(result)
+            if not result.metrics["gate/accepted"] and self.cfg.gate.on_reject == "stop":
+                log.warning("stopping: round %d was rejected and gate.on_reject is 'stop'", index)
+                break
+        return self.metrics.rows
+
+    def _evaluate_initial_policy(self) -> None:
         timer = PhaseTimer()
         with timer.phase("evaluate"):
             baseline, self.eval_baseline = self.evaluate(round_index=0)
         self.metrics.append({**baseline, **timer.times})
         log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
                  baseline["eval/reward_mean"], baseline["safety/refusal_rate"], baseline["safety/toxicity_rate"])
-        for index in range(1, self.cfg.run.rounds + 1):
-            result = self.run_round(index)
-            self.metrics.append(result.metrics)
-            self._log_round(result)
-            if not result.metrics["gate/accepted"] and self.cfg.gate.on_reject == "stop":
-                log.warning("stopping: round %d was rejected and gate.on_reject is 'stop'", index)
-                break
-        return self.metrics.rows
+
+    def _restore(self) -> None:
+        """Puts the policy of the last finished round back into the learner and the engine, checked by hash
+        and by the parity check; drops the files of the interrupted round."""
+        import datasets
+
+        done = self.metrics.rows[-1]["round"]
+        self.files.discard_after(done)
+        initial = datasets.load_from_disk(str(self.run_dir / "round_000" / "eval_samples"))
+        self.eval_baseline = list(initial["score"])
+        accepted = [row for row in self.metrics.rows[1:] if row.get("gate/accepted", True)]
+        if accepted:
+            folder = str(self.files.checkpoint(accepted[-1]["round"]))
+            restored = ray.get(self.learner.load_weights.remote(folder))
+            if restored != accepted[-1]["policy/end_hash"]:
+                raise RunError(f"resume: the weights in {folder} are not those round {accepted[-1]['round']} "
+                               f"ended with (hash {restored}, expected {accepted[-1]['policy/end_hash']})")
+            ray.get(self.generator.load_weights_file.remote(folder))
+            self.policy_hash, self.accepted_weights = restored, folder
+        self._probe = [(ids, response) for ids, response in zip(initial["prompt_ids"], initial["response_ids"])
+                       if response][: self.cfg.sync.probe_sequences]
+        self.check_parity(self._probe)
+        log.info("resuming after round %d from %s", done, self.accepted_weights)
 
     def run_round(self, index: int) -> RoundResult:
         settings = self.schedule.settings(self.cfg.round, index, self.metrics.rows)
@@ -190,9 +222,11 @@ class Orchestrator:
         accepted, reason = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
         if accepted:
             self.policy_hash = row["policy/end_hash"]
-            self.accepted_weights = self._checkpoint(index)
+            self.accepted_weights = str(self.files.checkpoint(index))
+            ray.get(self.learner.save_weights.remote(self.accepted_weights))
             if settings.reference == "ema":
-                ray.get(self.learner.update_ema.remote(str(self.ema_file), settings.ema_rate, self.model_dir))
+                ray.get(self.learner.update_ema.remote(self._ema_source(index), str(self.files.ema(index)),
+                                                       settings.ema_rate))
             return {"gate/accepted": True}
         log.warning("round %d rejected by the safety gate: %s", index, reason)
         restored = ray.get(self.learner.load_weights.remote(self.accepted_weights))
@@ -227,7 +261,7 @@ class Orchestrator:
         weights_file, source = {
             "refresh": (None, f"policy@round_{index:03d}_start"),
             "fixed": (self.model_dir, "pi0"),
-            "ema": (str(self.ema_file) if self.ema_file.exists() else self.model_dir, f"ema(rate={settings.ema_rate:g})"),
+            "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
         same_as_pi0 = weights_file == self.model_dir or (weights_file is None and self.policy_hash == self.pi0_hash)
         pending = [self.learner.reference_logprobs.remote(pairs_ref, weights_file)]
@@ -272,13 +306,10 @@ class Orchestrator:
         return {"round": round_index, **reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety}, \
             judged.result.combined
 
-    def _checkpoint(self, index: int) -> str:
-        """Saves an accepted round's policy as a model folder; keeps the newest `run.keep_checkpoints`."""
-        folder = self.run_dir / "checkpoints" / f"round_{index:03d}"
-        ray.get(self.learner.save_weights.remote(str(folder)))
-        for old in sorted(folder.parent.glob("round_*"))[: -self.cfg.run.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return str(folder)
+    def _ema_source(self, index: int) -> str:
+        """The EMA of the policies before round `index` (pi0 until an EMA round has been accepted)."""
+        latest = self.files.latest_ema(index - 1)
+        return str(latest) if latest else self.model_dir
 
     # -- helpers -------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,64 @@
+"""The benchmark scripts run end to end at their smallest settings and print their ratio lines.
+
+Whether a target is met depends on the machine and its load, so only the presence of each ratio is checked. The
+scripts start their own Ray nodes, vLLM engines and DeepSpeed learners; two run at a time to keep the file short.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 300
+
+RUNS = {
+    "generation": ["--quick"],
+    "weight_sync": ["--quick"],
+    "learner_step": ["--quick"],
+    "round_overhead": ["--quick"],
+}
+RATIO_LINES = {
+    "generation": ["generation: actor/bare tokens/s", "generation: actor/hf tokens/s", "generation: bare/hf tokens/s"],
+    "weight_sync": ["weight_sync: push(in-process)/clone time", "weight_sync: push(actor, ray.put)/clone time",
+                    "weight_sync: sync(orchestrator: export + push)/clone time"],
+    "learner_step": ["learner_step: learner/bare step time", "learner_step: learner train()/bare step time",
+                     "learner_step: learner/bare peak RSS"],
+    "round_overhead": ["round_overhead: round wall/sum of phases", "round_overhead: round time at 2P/P"],
+}
+TARGETS = {
+    "generation: actor/bare tokens/s": ">= 0.95",
+    "weight_sync: push(in-process)/clone time": "<= 2",
+    "learner_step: learner/bare step time": "<= 1.15",
+    "round_overhead: round wall/sum of phases": "<= 1.05",
+}
+
+
+def _run(name: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *RUNS[name]], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Future]:
+    tmp = tmp_path_factory.mktemp("benchmarks")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {name: pool.submit(_run, name, tmp) for name in RUNS}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_script_prints_its_ratios(runs, name):
+    done = runs[name].result()
+    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    for label in RATIO_LINES[name]:
+        pattern = rf"^{re.escape(label)}[^=\n]* = \d+\.\d+ \((target|no target)"
+        assert re.search(pattern, done.stdout, re.MULTILINE), f"{name}: no ratio line '{label}':\n{done.stdout}"
+        if label in TARGETS:
+            assert f"(target {TARGETS[label]}," in done.stdout.split(label, 1)[1].splitlines()[0]
