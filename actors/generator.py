@@ -67,6 +67,11 @@ class Generator:
                 )
         return samples
 
+    def prompt_lengths(self, prompts: list[str]) -> list[int]:
+        """Token counts of the prompts as the engine will see them."""
+        tokenizer = self.llm.get_tokenizer()
+        return [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+
     def _chat_format(self, prompts: list[str]) -> list[str]:
         tokenizer = self.llm.get_tokenizer()
         if not getattr(tokenizer, "chat_template", None):

@@ -59,6 +59,8 @@ def resume_command(args: argparse.Namespace) -> int:
 
 def _run(cfg, run_dir: Path) -> int:
     # Heavy imports (ray, the actors) only once the config is known to be valid.
+    from ray.exceptions import RayTaskError
+
     from iterdpo.orchestrator import Orchestrator, RunError
 
     try:
@@ -70,6 +72,11 @@ def _run(cfg, run_dir: Path) -> int:
             orchestrator.shutdown()
     except RunError as err:
         print(f"iterdpo: error: {err}", file=sys.stderr)
+        return 1
+    except RayTaskError as err:
+        # An actor's exception: its own one-line message, not the remote traceback.
+        cause = err.cause if getattr(err, "cause", None) is not None else err
+        print(f"iterdpo: error: {type(cause).__name__}: {str(cause).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     print(f"run finished: {run_dir / 'metrics.jsonl'}")
     return 0

@@ -31,8 +31,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # "builtin:rotten-tomatoes" (review prefixes) or a text file with one prompt per line.
+    # "builtin:rotten-tomatoes" (review prefixes), a text file with one prompt per line, or a .jsonl file with
+    # one object per line whose `prompt_field` holds the prompt.
     prompts: str = "builtin:rotten-tomatoes"
+    prompt_field: str = "prompt"
     prompts_per_round: int = 32
     eval_prompts: int = 16
     prefix_words: int = 8
@@ -314,8 +316,12 @@ def _check_scorers(cfg: JudgeConfig) -> None:
 
     if not cfg.scorers:
         raise ConfigError("judge.scorers: expected at least one scorer, e.g. [{kind: sentiment}]")
+    from iterdpo.scorers.spec import function_scorer
+
     for position, entry in enumerate(cfg.scorers):
-        spec_from_dict(entry, f"judge.scorers[{position}]").parsed_options()
+        options = spec_from_dict(entry, f"judge.scorers[{position}]").parsed_options()
+        if entry.get("kind") == "function":
+            function_scorer(options.path)  # a typo in the import path fails here, not inside the judge actor
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -326,6 +332,13 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(f"schedule: {len(cfg.schedule)} entries for run.rounds={cfg.run.rounds}")
     for index in range(len(cfg.schedule)):
         round_settings(cfg, index)
+    wanted = cfg.generator.num_cpus + cfg.judge.num_cpus + cfg.learner.num_cpus
+    if cfg.run.num_cpus and wanted > cfg.run.num_cpus:
+        raise ConfigError(f"actor resources: generator, judge and learner ask for {wanted:g} CPUs in all, more than "
+                          f"run.num_cpus={cfg.run.num_cpus:g} (lower generator/judge/learner.num_cpus)")
+    if cfg.generator.max_new_tokens >= cfg.generator.max_model_len:
+        raise ConfigError(f"generator.max_new_tokens: expected less than generator.max_model_len="
+                          f"{cfg.generator.max_model_len}, got {cfg.generator.max_new_tokens}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import csv
 import importlib.util
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +39,34 @@ def review_prefix(text: str, prefix_words: int) -> str:
     return " ".join(words[: max(2, min(prefix_words, len(words) // 2))])
 
 
-def _read_prompt_file(path: Path) -> list[str]:
+def _jsonl_prompts(path: Path, lines: list[str], field: str) -> list[str]:
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ConfigError(f"data.prompts: '{path}' line {number} is not a JSON object") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ConfigError(f"data.prompts: '{path}' line {number} has no text field '{field}' "
+                              f"(data.prompt_field); found {found}")
+        prompts.append(record[field].strip())
+    return [prompt for prompt in prompts if prompt]
+
+
+def _read_prompt_file(path: Path, field: str) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"data.prompts: file '{path}' not found")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"data.prompts: file '{path}' is not UTF-8 text") from None
-    prompts = [line.strip() for line in lines if line.strip()]
+    if path.suffix == ".jsonl":
+        prompts = _jsonl_prompts(path, lines, field)
+    else:
+        prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ConfigError(f"data.prompts: file '{path}' holds no prompts (expected one prompt per line)")
     return prompts
@@ -68,7 +89,7 @@ def load_prompts(cfg: DataConfig, seed: int) -> PromptSplit:
     if cfg.prompts == BUILTIN_REVIEWS:
         prompts = [review_prefix(text, cfg.prefix_words) for text, _ in rotten_tomatoes_reviews()]
     else:
-        prompts = _read_prompt_file(Path(cfg.prompts))
+        prompts = _read_prompt_file(Path(cfg.prompts), cfg.prompt_field)
     prompts = list(dict.fromkeys(prompts))
     random.Random(seed).shuffle(prompts)
     if len(prompts) <= cfg.eval_prompts:

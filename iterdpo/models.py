@@ -114,4 +114,21 @@ def resolve_model(path: str) -> Path:
         raise ConfigError(f"model.path: '{config_file}' is not valid JSON") from None
     if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
         raise ConfigError(f"model.path: '{path}' is a {architectures[0]}, expected a causal LM (*ForCausalLM)")
+    _check_tokenizer(folder)
     return folder
+
+
+def _check_tokenizer(folder: Path) -> None:
+    """Pairs are padded and generations end with the tokenizer's pad/eos token: a model without one is unusable."""
+    tokens: dict = {}
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        file = folder / name
+        if file.is_file():
+            try:
+                tokens.update(json.loads(file.read_text(encoding="utf-8")))
+            except (ValueError, UnicodeDecodeError):
+                raise ConfigError(f"model.path: '{file}' is not valid JSON") from None
+    if not tokens:
+        raise ConfigError(f"model.path: '{folder}' has no tokenizer (expected tokenizer_config.json)")
+    if not tokens.get("eos_token") and not tokens.get("pad_token"):
+        raise ConfigError(f"model.path: the tokenizer in '{folder}' has neither an eos_token nor a pad_token")

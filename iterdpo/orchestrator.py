@@ -91,6 +91,7 @@ class Orchestrator:
             .remote(self.model_dir, cfg.learner, cfg.run.seed)
         )
         _wait_until_started({"generator": self.generator, "judge": self.judge_actor, "learner": self.learner})
+        self._check_prompt_lengths()
         self.pi0_hash = self.policy_hash = ray.get(self.learner.weights_hash.remote())
         self.accepted_weights = self.model_dir  # what a rejected round rolls back to
         self.files = RunFiles(run_dir)
@@ -305,6 +306,15 @@ class Orchestrator:
                                 self.cfg.run.seed)
         return {"round": round_index, **reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety}, \
             judged.result.combined
+
+    def _check_prompt_lengths(self) -> None:
+        rounds = range(self.cfg.run.rounds)
+        used = list(self.prompts.eval) + [p for i in rounds for p in self.prompts.for_round(i, self.cfg.data.prompts_per_round)]
+        limit = self.cfg.generator.max_model_len - self.cfg.generator.max_new_tokens
+        for prompt, length in zip(used, ray.get(self.generator.prompt_lengths.remote(used))):
+            if length > limit:
+                raise ConfigError(f"data.prompts: a prompt has {length} tokens, more than generator.max_model_len - "
+                                  f"generator.max_new_tokens = {limit}: {prompt[:60]!r}")
 
     def _ema_source(self, index: int) -> str:
         """The EMA of the policies before round `index` (pi0 until an EMA round has been accepted)."""

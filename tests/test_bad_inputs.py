@@ -1,0 +1,110 @@
+"""The bad-input battery: each bad input gives one line naming it and what was expected, exit code 2."""
+
+import json
+
+import pytest
+
+from iterdpo.cli import main
+
+SMOKE = "model:\n  path: builtin:tiny-qwen2\n"
+
+
+def _files(tmp_path):
+    """Bad files of every kind, built on the fly."""
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (tmp_path / "wrong_column.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"architectures": ["BertForSequenceClassification"]}))
+    (tmp_path / "no_tokenizer").mkdir()
+    (tmp_path / "no_tokenizer" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "no_eos").mkdir()
+    (tmp_path / "no_eos" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (tmp_path / "no_eos" / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    (tmp_path / "bad_json_model").mkdir()
+    (tmp_path / "bad_json_model" / "config.json").write_text("{not json")
+    (tmp_path / "latin1.yaml").write_bytes("round:\n  loss: d\xe9po\n".encode("latin-1"))
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "metrics.jsonl").write_text('{"round": 0}\n')
+
+
+# (name, yaml text or None, extra CLI arguments, words the one-line error must contain)
+CASES = [
+    ("yaml syntax", "round: [1, 2\n", [], ["invalid YAML", "line"]),
+    ("top-level list", None, ["@list.yaml"], ["expected a mapping"]),
+    ("not UTF-8 config", None, ["@latin1.yaml"], ["not UTF-8"]),
+    ("unknown group", "rnd: {}\n", [], ["unknown config key 'rnd'", "round"]),
+    ("unknown key", "round:\n  bta: 0.1\n", [], ["round.bta", "round.beta"]),
+    ("wrong type int", "", ["round.epochs=two"], ["round.epochs", "expected int"]),
+    ("wrong type bool", "", ["learner.bf16=3"], ["learner.bf16", "expected bool"]),
+    ("wrong type list", "judge:\n  scorers: 3\n", [], ["judge.scorers", "expected a list"]),
+    ("negative count", "", ["data.prompts_per_round=-4"], ["data.prompts_per_round", "> 0"]),
+    ("zero eval prompts", "", ["data.eval_prompts=0"], ["data.eval_prompts", "> 0"]),
+    ("beta zero", "", ["round.beta=0"], ["round.beta", "> 0"]),
+    ("beta negative", "", ["round.beta=-0.1"], ["round.beta", "> 0"]),
+    ("impossible resources", "", ["learner.num_cpus=8"], ["num_cpus", "run.num_cpus=2"]),
+    ("negative resources", "", ["generator.num_gpus=-1"], ["generator.num_gpus", ">= 0"]),
+    ("unknown loss", "", ["round.loss=dpoo"], ["round.loss", "expected one of"]),
+    ("unknown loss param", "", ["round.loss_params={epss: 0.1}"], ["round.loss_params.epss", "eps"]),
+    ("loss param range", "", ["round.loss_params={eps: 0.7}"], ["round.loss_params", "eps"]),
+    ("schedule key", "schedule:\n  - {bet: 0.2}\n", [], ["schedule[0].bet"]),
+    ("schedule too long", "run: {rounds: 1}\nschedule: [{}, {}]\n", [], ["schedule", "run.rounds=1"]),
+    ("ema rate", "", ["round.ema_rate=1.5"], ["ema_rate", "[0, 1)"]),
+    ("reference mode", "", ["round.reference=frozen"], ["round.reference", "refresh"]),
+    ("gate baseline", "", ["gate.baseline=best"], ["gate.baseline", "last_accepted"]),
+    ("override syntax", "", ["round.beta"], ["expected key=value"]),
+    ("scorer kind", "judge:\n  scorers: [{kind: sentimant}]\n", [], ["scorer kind", "sentiment"]),
+    ("scorer option", "judge:\n  scorers: [{kind: function, options: {pth: x}}]\n", [], ["options.pth", "path"]),
+    ("scorer import", "judge:\n  scorers: [{kind: function, options: {path: 'nope.mod:f'}}]\n", [],
+     ["nope.mod:f", "cannot import"]),
+    ("tokens budget", "", ["generator.max_new_tokens=300"], ["generator.max_new_tokens", "max_model_len"]),
+    ("prompt file missing", SMOKE, ["data.prompts=/nonexistent/prompts.txt"], ["data.prompts", "not found"]),
+    ("prompt file empty", SMOKE, ["data.prompts=@empty.txt"], ["data.prompts", "no prompts"]),
+    ("prompt file not UTF-8", SMOKE, ["data.prompts=@latin1.txt"], ["data.prompts", "not UTF-8"]),
+    ("prompt file wrong column", SMOKE, ["data.prompts=@wrong_column.jsonl"], ["'prompt'", "['text']"]),
+    ("prompt file bad JSON", SMOKE, ["data.prompts=@broken.jsonl"], ["line 2", "not a JSON object"]),
+    ("model missing", "", ["model.path=/nonexistent/model"], ["model.path", "not found"]),
+    ("model not causal", "", ["model.path=@bert"], ["BertForSequenceClassification", "causal LM"]),
+    ("model config not JSON", "", ["model.path=@bad_json_model"], ["config.json", "not valid JSON"]),
+    ("model without tokenizer", "", ["model.path=@no_tokenizer"], ["no tokenizer"]),
+    ("tokenizer without eos/pad", "", ["model.path=@no_eos"], ["eos_token", "pad_token"]),
+    ("run dir holds a run", SMOKE, ["--run-dir", "@done"], ["already holds a run", "iterdpo resume"]),
+]
+
+
+@pytest.mark.parametrize(("name", "yaml_text", "extra", "words"), CASES, ids=[case[0] for case in CASES])
+def test_bad_input(tmp_path, capsys, name, yaml_text, extra, words):
+    _files(tmp_path)
+    extra = [arg.replace("@", f"{tmp_path}/") for arg in extra]
+    if extra and extra[0].endswith(".yaml"):
+        argv = ["run", *extra]
+    else:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml_text)
+        argv = ["run", str(config), *extra]
+    if "--run-dir" not in argv:
+        argv += ["--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["resume", "/nonexistent/run"], ["not a run directory"]),
+        (["export", "@done", "@out"], ["no saved policy", "kept checkpoints: none"]),
+        (["report", "/nonexistent/run"], ["no metrics.jsonl"]),
+    ],
+)
+def test_bad_run_directories(tmp_path, capsys, argv, words):
+    _files(tmp_path)
+    assert main([arg.replace("@", f"{tmp_path}/") for arg in argv]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and all(word in lines[0] for word in words), lines
