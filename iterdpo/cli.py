@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", type=Path, help="a run directory")
     export.add_argument("out", type=Path, help="the new model folder")
     export.add_argument("--round", type=int, help="an accepted round whose checkpoint was kept (default: the last)")
+    best = commands.add_parser("best-of-n", help="sample N responses from a run's policy, ranked by implicit reward")
+    best.add_argument("run_dir", type=Path, help="a run directory")
+    best.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    best.add_argument("-n", type=int, default=4, help="samples per prompt")
+    best.add_argument("--round", type=int, help="an accepted round whose checkpoint was kept (default: the last)")
+    best.add_argument("--beta", type=float, help="default: the run's round.beta")
     report = commands.add_parser("report", help="plots and a Markdown + HTML page of a run (finished or not)")
     report.add_argument("run_dir", type=Path, help="a run directory")
     report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
@@ -103,6 +109,19 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def best_of_n_command(args: argparse.Namespace) -> int:
+    from iterdpo.bestofn import best_of_n
+
+    if args.n < 1:
+        raise ConfigError(f"-n: expected at least 1 sample per prompt, got {args.n}")
+    for group in best_of_n(args.run_dir, args.prompt, args.n, args.round, args.beta):
+        print(f"prompt: {group[0].prompt!r}" if group else "prompt: (no samples)")
+        for rank, item in enumerate(group, 1):
+            print(f"  {rank}. reward={item.implicit_reward:+.4f} (log pi={item.policy_logp:.2f}, "
+                  f"log ref={item.reference_logp:.2f}) {item.response!r}")
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from iterdpo.report import write_report
 
@@ -113,7 +132,8 @@ def report_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
-    commands = {"run": run_command, "resume": resume_command, "export": export_command, "report": report_command}
+    commands = {"run": run_command, "resume": resume_command, "export": export_command,
+                "best-of-n": best_of_n_command, "report": report_command}
     try:
         return commands[args.command](args)
     except ConfigError as err:

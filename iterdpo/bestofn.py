@@ -1,0 +1,64 @@
+"""Best-of-N with the implicit reward: sample N responses from a run's policy and rank them by
+beta * (log pi(y|x) - log pi_ref(y|x)), the reward DPO's policy defines against its reference.
+
+One engine does both sides: it samples and scores with the policy, then the reference weights are loaded in place
+and the same sequences are scored again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from actors.generator import Generator
+from iterdpo.checkpoints import RunFiles
+from iterdpo.config import ConfigError, config_from_dict
+from iterdpo.models import resolve_model
+from iterdpo.runtime import actor_env, init_ray
+from iterdpo.samples import Sampling
+
+
+@dataclass
+class Ranked:
+    prompt: str
+    response: str
+    implicit_reward: float
+    policy_logp: float
+    reference_logp: float
+
+
+def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None = None,
+              beta: float | None = None, seed: int = 0) -> list[list[Ranked]]:
+    """For each prompt, its N samples from the run's saved policy, best first. The reference is pi0."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"'{run_dir}' is not a run directory (expected config.json)")
+    cfg = config_from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+    files = RunFiles(run_dir)
+    policy = files.checkpoint(round_index) if round_index is not None else files.latest_checkpoint(upto=10**9)
+    if policy is None or not policy.is_dir():
+        raise ConfigError(f"best-of-n: no saved policy in '{run_dir}'" +
+                          (f" for round {round_index}" if round_index is not None else ""))
+    reference = resolve_model(cfg.model.path)
+    beta = cfg.round.beta if beta is None else beta
+    init_ray(cfg.run.num_cpus)
+    generator = ray.remote(Generator).options(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus,
+                                              runtime_env={"env_vars": actor_env()}).remote(str(policy), cfg.generator, seed)
+    try:
+        sampling = Sampling(n=n, temperature=cfg.generator.temperature, top_p=cfg.generator.top_p,
+                            max_new_tokens=cfg.generator.max_new_tokens, seed=seed)
+        samples = ray.get(generator.generate.remote(prompts, sampling))
+        sequences = [(s.prompt_ids, s.response_ids) for s in samples]
+        policy_logps = ray.get(generator.logprobs.remote(sequences))
+        ray.get(generator.load_weights_file.remote(str(reference)))
+        reference_logps = ray.get(generator.logprobs.remote(sequences))
+    finally:
+        ray.kill(generator)
+    ranked: list[list[Ranked]] = [[] for _ in prompts]
+    for sample, on_policy, on_reference in zip(samples, policy_logps, reference_logps):
+        logp, ref = sum(on_policy), sum(on_reference)
+        ranked[sample.prompt_index].append(Ranked(sample.prompt, sample.text, beta * (logp - ref), logp, ref))
+    return [sorted(group, key=lambda r: -r.implicit_reward) for group in ranked]
