@@ -65,7 +65,7 @@ def resume_command(args: argparse.Namespace) -> int:
 
 def _run(cfg, run_dir: Path) -> int:
     # Heavy imports (ray, the actors) only once the config is known to be valid.
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import RayError, RayTaskError
 
     from iterdpo.orchestrator import Orchestrator, RunError
 
@@ -79,10 +79,13 @@ def _run(cfg, run_dir: Path) -> int:
     except RunError as err:
         print(f"iterdpo: error: {err}", file=sys.stderr)
         return 1
-    except RayTaskError as err:
-        # An actor's exception: its own one-line message, not the remote traceback.
-        cause = err.cause if getattr(err, "cause", None) is not None else err
-        print(f"iterdpo: error: {type(cause).__name__}: {str(cause).strip().splitlines()[-1]}", file=sys.stderr)
+    except RayError as err:
+        # An actor's exception or death (e.g. killed for memory): one line, not the remote traceback. The rounds
+        # already in metrics.jsonl are kept; `iterdpo resume` goes on from there.
+        cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
+        lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+        print(f"iterdpo: error: {type(cause).__name__}: {lines[-1] if lines else ''} (resume with `iterdpo resume "
+              f"{run_dir}`)", file=sys.stderr)
         return 1
     print(f"run finished: {run_dir / 'metrics.jsonl'}")
     return 0
