@@ -1,5 +1,5 @@
-"""What AuxDPO's null-space penalty costs: one training step of AuxDPO against DPO, and the one-vjp/one-jvp penalty
-against the per-sample loop, on the same batch of the same model.
+"""What AuxDPO's null-space penalty costs: one training step of AuxDPO against DPO, and the constant-pass penalty
+(one vjp, then a double backward or a forward-mode jvp) against the per-sample loop, on one batch of one model.
 
     .venv/bin/python benchmarks/auxdpo_step.py                     # a tiny random Qwen2 (~1M parameters)
     .venv/bin/python benchmarks/auxdpo_step.py --model ~/.cache/iterdpo/models/smollm2-135m-instruct
@@ -7,18 +7,26 @@ against the per-sample loop, on the same batch of the same model.
 
 A step is forward + backward + optimizer step on B pairs (2B sequences). The AuxDPO step adds the soft penalty
 (form b of `iterdpo.auxdpo`) at the round-start weights of the constrained parameters (a snapshot, option ii),
-its deltas and their optimizer. Times are medians over --repeats after --warmup runs.
+its deltas and their optimizer. All sides take turns within each repeat (`_bench.interleaved`); a ratio is the
+median over repeats of back-to-back measurements, so a shared machine's drifting load cancels.
+
+Floor: the exact penalty is one forward and one backward at the reference plus one tangent pass T, so with every
+parameter constrained the ratio is about 2 + (T - O) / S (O the optimizer step, S the DPO step): above 2x unless
+the optimizer step outweighs the tangent pass. Constraining a subset (--subset, e.g. the last layer) shortens the
+penalty's backward and tangent pass.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import os
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+# _bench also puts the project root on sys.path, for `python benchmarks/auxdpo_step.py` from anywhere.
+from _bench import header, interleaved, paired_ratio, print_table, quiet_logs, ratio_line
 
 from iterdpo.auxdpo import AuxDeltas, auxdpo_regulariser, bind, null_space_penalty, per_sample_penalty_loop, snapshot
 from iterdpo.losses import LossInputs, LossParams, preference_loss
@@ -55,21 +63,6 @@ def random_batch(vocab: int, pairs: int, prompt_len: int, response_len: int, see
     return collate(sequences, pad_id=0, device="cpu")
 
 
-def median_seconds(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median wall time of each function; the functions take turns within each repeat, so a load that comes
-    and goes on a shared machine hits all of them alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a Hugging Face model folder (default: tiny random Qwen2)")
@@ -82,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    quiet_logs()
 
     torch.set_num_threads(args.threads)
     model = load_model(args)
@@ -131,29 +125,28 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    timed = median_seconds(
+    header("auxdpo_step", {
+        "model": args.model or "tiny random Qwen2", "trainable": f"{trainable / 1e6:.2f}M",
+        "constrained": f"{constrained / 1e6:.2f}M ({args.subset or 'all'})", "sequences": 2 * b,
+        "max_tokens": batch.input_ids.shape[1], "threads": args.threads, "repeats": args.repeats,
+        "load_average": f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+    })
+    measured = interleaved(
         {
-            "dpo": lambda: step("dpo"),
-            "aux": lambda: step("auxdpo"),
-            "fast": penalty(null_space_penalty),
-            "fast_jvp": penalty(lambda *a: null_space_penalty(*a, mode="jvp")),
-            "loop": penalty(per_sample_penalty_loop),
+            "DPO step": lambda: step("dpo"),
+            "AuxDPO step (penalty form b)": lambda: step("auxdpo"),
+            "penalty: vjp + double backward (default)": penalty(null_space_penalty),
+            "penalty: vjp + forward-mode jvp": penalty(lambda *a: null_space_penalty(*a, mode="jvp")),
+            f"penalty: per-sample loop ({2 * b} backwards)": penalty(per_sample_penalty_loop),
         },
-        args.warmup,
         args.repeats,
+        args.warmup,
     )
-    dpo, aux, fast, fast_jvp, loop = (timed[k] for k in ("dpo", "aux", "fast", "fast_jvp", "loop"))
-
-    print(f"model: {args.model or 'tiny random Qwen2'}, {trainable / 1e6:.2f}M trainable parameters, "
-          f"{constrained / 1e6:.2f}M constrained ({args.subset or 'all'}), {2 * b} sequences of "
-          f"<= {batch.input_ids.shape[1]} tokens, {args.threads} threads, median of {args.repeats}")
-    print(f"  DPO step                     {dpo * 1e3:9.1f} ms")
-    print(f"  AuxDPO step (penalty form b) {aux * 1e3:9.1f} ms")
-    print(f"  penalty, vjp + double bwd    {fast * 1e3:9.1f} ms   (value + gradient wrt delta; the default)")
-    print(f"  penalty, vjp + forward jvp   {fast_jvp * 1e3:9.1f} ms")
-    print(f"  penalty, per-sample loop     {loop * 1e3:9.1f} ms   ({2 * b} backward passes)")
-    print(f"AuxDPO step / DPO step         = {aux / dpo:.2f}x  (target <= 2x)")
-    print(f"per-sample loop / penalty      = {loop / fast:.2f}x  (double backward), {loop / fast_jvp:.2f}x (jvp)")
+    dpo, aux, fast, fast_jvp, loop = (m.seconds for m in measured.values())
+    print_table(["side", "median ms"], [[name, m.median_s * 1e3] for name, m in measured.items()])
+    print(ratio_line("auxdpo_step: AuxDPO step / DPO step", paired_ratio(aux, dpo), ("<=", 2.0)))
+    print(ratio_line("auxdpo_step: per-sample loop / penalty (double backward)", paired_ratio(loop, fast)))
+    print(ratio_line("auxdpo_step: per-sample loop / penalty (forward-mode jvp)", paired_ratio(loop, fast_jvp)))
     return 0
 
 

@@ -177,6 +177,7 @@ def test_snapshot_keeps_the_round_start_weights(model, batch):
         # a training step moved the live weights; the snapshot still scores as the reference
         assert not torch.allclose(logp_fn({}), before)
         torch.testing.assert_close(logp_fn(reference), before)
+        torch.testing.assert_close(logp_fn({"lm_head.weight": reference["model.embed_tokens.weight"]}), before)
     finally:
         with torch.no_grad():
             live.copy_(saved)
