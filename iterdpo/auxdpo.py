@@ -81,10 +81,15 @@ def snapshot(model: torch.nn.Module, names: Iterable[str] | None = None) -> dict
 
 
 def bind(model: torch.nn.Module, params: dict[str, torch.Tensor]) -> Callable[..., Any]:
-    """`model` as a callable that uses `params` in place of its own parameters of the same names."""
+    """`model` as a callable that uses `params` for the parameters of those names and the current values of all
+    the others, detached: constants, so no graph is recorded for them and nothing flows back into the live model."""
+    canonical_of = {id(p): name for name, p in model.named_parameters()}
+    given = {canonical_of[id(p)] for name, p in model.named_parameters(remove_duplicate=False) if name in params}
+    values = {name: p.detach() for name, p in model.named_parameters() if name not in given}
+    values.update(params)
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        return functional_call(model, params, args, kwargs)
+        return functional_call(model, values, args, kwargs)
 
     return call
 
