@@ -124,6 +124,8 @@ class _NullSpacePenalty(torch.autograd.Function):
             grads = torch.autograd.grad(logps, list(leaves.values()), cotangent, allow_unused=True,
                                         create_graph=ctx.needs_input_grad[0])
         ctx.cotangent, ctx.v = cotangent, [g for g in grads if g is not None]
+        if not ctx.v:
+            raise ValueError("null_space_penalty: none of `params` reaches the output of `logp_fn`")
         return _flat(g.detach() for g in ctx.v).pow(2).sum().to(delta.dtype)
 
     @staticmethod

@@ -73,9 +73,10 @@ class Orchestrator:
         self.cfg = cfg
         self.run_dir = run_dir
         self.schedule = schedule or Schedule.from_config(cfg)
-        self.model_dir = str(resolve_model(cfg.model.path))
+        # Cheap input checks first: a bad prompt file is reported before a built-in model is built.
         self.prompts: PromptSplit = load_prompts(cfg.data, cfg.run.seed)
         self.safety_prompts = SafetyPrompts.load(cfg.safety, cfg.run.seed)
+        self.model_dir = str(resolve_model(cfg.model.path))
         init_ray(cfg.run.num_cpus)
         _check_resources(cfg)
         env = {"env_vars": actor_env()}

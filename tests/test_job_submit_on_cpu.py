@@ -4,9 +4,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,14 +36,28 @@ def ray_head(tmp_path):
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16), PATH=f"{BIN}:{env['PATH']}")
     dashboard = _free_port()
     temp_dir = ROOT / ".cache" / f"rayhead-{dashboard}"
-    started = _ray("start", "--head", "--num-cpus", "2", "--port", str(_free_port()), "--dashboard-host",
-                   "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", str(temp_dir),
-                   "--disable-usage-stats", env=env)
-    assert started.returncode == 0, started.stderr
+    address = f"http://127.0.0.1:{dashboard}"
+    # `--block` keeps the head's processes in this process group: stopping it stops this head only, where
+    # `ray stop` would stop every Ray process on the machine, the test session's own node included.
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(_free_port()),
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", str(temp_dir),
+         "--disable-usage-stats"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
     try:
-        yield env, f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 180
+        while _ray("job", "list", "--address", address, env=env, timeout=60).returncode != 0:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(2)
+        yield env, address
     finally:
-        _ray("stop", "--force", env=env)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
