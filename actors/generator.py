@@ -14,23 +14,28 @@ from iterdpo.samples import Sample, Sampling
 from iterdpo.weights import read_weights
 
 
+def build_engine(model_dir: str, cfg: GeneratorConfig, seed: int):
+    """The in-process vLLM engine the generator runs (benchmarks build their bare baseline with it too)."""
+    # vLLM is imported here, in the engine's process, never in the driver.
+    from vllm import LLM
+
+    on_gpu = torch.cuda.is_available()
+    return LLM(
+        model=model_dir,
+        dtype=cfg.dtype,
+        enforce_eager=cfg.enforce_eager,
+        max_model_len=cfg.max_model_len,
+        seed=seed,
+        trust_remote_code=False,
+        kv_cache_memory_bytes=None if on_gpu else int(cfg.kv_cache_gib * 2**30),
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+    )
+
+
 class Generator:
     def __init__(self, model_dir: str, cfg: GeneratorConfig, seed: int) -> None:
-        # vLLM is imported here, in the actor's process, never in the driver.
-        from vllm import LLM
-
         self.cfg = cfg
-        on_gpu = torch.cuda.is_available()
-        self.llm = LLM(
-            model=model_dir,
-            dtype=cfg.dtype,
-            enforce_eager=cfg.enforce_eager,
-            max_model_len=cfg.max_model_len,
-            seed=seed,
-            trust_remote_code=False,
-            kv_cache_memory_bytes=None if on_gpu else int(cfg.kv_cache_gib * 2**30),
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-        )
+        self.llm = build_engine(model_dir, cfg, seed)
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
 

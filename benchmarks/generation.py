@@ -120,20 +120,9 @@ class BareEngine:
     """A vLLM engine in this process, built and called the way `Generator` builds and calls its own."""
 
     def __init__(self, model_dir: str, cfg, seed: int) -> None:
-        import torch
-        from vllm import LLM
+        from actors.generator import build_engine
 
-        on_gpu = torch.cuda.is_available()
-        self.llm = LLM(
-            model=model_dir,
-            dtype=cfg.dtype,
-            enforce_eager=cfg.enforce_eager,
-            max_model_len=cfg.max_model_len,
-            seed=seed,
-            trust_remote_code=False,
-            kv_cache_memory_bytes=None if on_gpu else int(cfg.kv_cache_gib * 2**30),
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-        )
+        self.llm = build_engine(model_dir, cfg, seed)
 
     def generate(self, prompts: list[str], sampling) -> int:
         import torch
