@@ -23,6 +23,7 @@ RUNS = {
     "weight_sync": ["--quick"],
     "learner_step": ["--quick"],
     "round_overhead": ["--quick"],
+    "vs_trl": ["--quick"],  # TRL comes with the `test` extra
 }
 RATIO_LINES = {
     "generation": ["generation: actor/bare tokens/s", "generation: actor/hf tokens/s", "generation: bare/hf tokens/s"],
@@ -31,6 +32,7 @@ RATIO_LINES = {
     "learner_step": ["learner_step: learner/bare step time", "learner_step: learner train()/bare step time",
                      "learner_step: learner/bare peak RSS"],
     "round_overhead": ["round_overhead: round wall/sum of phases", "round_overhead: round time at 2P/P"],
+    "vs_trl": ["vs_trl: iterdpo round/trl step time", "vs_trl: iterdpo round without evaluate/trl step time"],
 }
 TARGETS = {
     "generation: actor/bare tokens/s": ">= 0.95",
@@ -47,10 +49,13 @@ def _run(name: str, tmp: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Future]:
+def runs(request, tmp_path_factory) -> dict[str, Future]:
+    """Starts the selected scripts two at a time; each test waits for its own."""
+    selected = [item.callspec.params["name"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")]
     tmp = tmp_path_factory.mktemp("benchmarks")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {name: pool.submit(_run, name, tmp) for name in RUNS}
+        yield {name: pool.submit(_run, name, tmp) for name in selected}
 
 
 @pytest.mark.parametrize("name", list(RUNS))

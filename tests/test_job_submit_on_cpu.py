@@ -46,11 +46,13 @@ def ray_head(tmp_path):
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while _ray("job", "list", "--address", address, env=env, timeout=60).returncode != 0:
+        # The dashboard answers `ray job list` before the head's job agent has registered, and a submission in
+        # that window fails with "No available agent"; a trivial job that succeeds proves the agent is up.
+        deadline = time.monotonic() + 240
+        while _ray("job", "submit", "--address", address, "--", "true", env=env, timeout=120).returncode != 0:
             assert head.poll() is None, "ray start --head exited"
-            assert time.monotonic() < deadline, "the Ray head did not come up"
-            time.sleep(2)
+            assert time.monotonic() < deadline, "the Ray head's job agent did not come up"
+            time.sleep(3)
         yield env, address
     finally:
         os.killpg(head.pid, signal.SIGTERM)
