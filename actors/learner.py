@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import random
 import shutil
 import socket
 import statistics
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,18 @@ class PairLogps:
     chosen: list[float]
     rejected: list[float]
     weights_hash: str  # the weights that produced these numbers
+    tokens: list[list[float]] = field(default_factory=list)  # per token: chosen responses, then rejected ones
 
 
 @dataclass
 class TrainResult:
     metrics: dict[str, Any]  # means over the round's optimizer steps
-    after: PairLogps  # the pairs scored again with the trained weights
+    after: PairLogps | None  # the pairs scored again with the trained weights; None when training diverged
+    refused_steps: int = 0  # steps whose loss or gradient was not finite, not applied
+
+    @property
+    def diverged(self) -> bool:
+        return self.after is None
 
 
 def _free_port() -> int:
@@ -76,7 +83,7 @@ class Learner:
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
             "gradient_clipping": cfg.max_grad_norm,
             "zero_optimization": {"stage": cfg.zero_stage},
-            "bf16": {"enabled": cfg.bf16},
+            "bf16": {"enabled": cfg.bf16, "check_grad_overflow": True},
             "steps_per_print": 10**9,
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
@@ -86,20 +93,20 @@ class Learner:
     # -- scoring -------------------------------------------------------------------------------------------------
 
     def _pair_logps(self, pairs: list[Pair]) -> PairLogps:
-        chosen: list[float] = []
-        rejected: list[float] = []
+        chosen: list[list[float]] = []
+        rejected: list[list[float]] = []
         step = self.cfg.micro_batch_size
         with torch.no_grad():
             for start in range(0, len(pairs), step):
                 batch = pairs[start : start + step]
-                logps = self._score([(p.prompt_ids, p.chosen_ids) for p in batch] +
-                                    [(p.prompt_ids, p.rejected_ids) for p in batch])
-                chosen += logps[: len(batch)].tolist()
-                rejected += logps[len(batch) :].tolist()
-        return PairLogps(chosen=chosen, rejected=rejected, weights_hash=self.weights_hash())
-
-    def _score(self, sequences: list[Sequence]) -> torch.Tensor:
-        return sequence_logprobs(self.engine, collate(sequences, self.pad_id, self.device))
+                tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
+                                 [(p.prompt_ids, p.rejected_ids) for p in batch], self.pad_id, self.device)
+                per_token = per_token_lists(token_logprobs(self.engine, tokens), tokens)
+                chosen += per_token[: len(batch)]
+                rejected += per_token[len(batch) :]
+        # summed in float64 from the same per-token values the KL estimate uses
+        return PairLogps(chosen=[math.fsum(row) for row in chosen], rejected=[math.fsum(row) for row in rejected],
+                         weights_hash=self.weights_hash(), tokens=chosen + rejected)
 
     def reference_logprobs(self, pairs: list[Pair], weights_file: str | None = None) -> PairLogps:
         """Summed log-probs of chosen and rejected responses under the current (round-start) weights, or under the
@@ -124,8 +131,12 @@ class Learner:
 
     # -- training ------------------------------------------------------------------------------------------------
 
-    def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int) -> TrainResult:
-        """Trains `settings.loss` on the round's pairs for `settings.epochs`, then scores the pairs again."""
+    def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int,
+              max_refused_steps: int) -> TrainResult:
+        """Trains `settings.loss` on the round's pairs for `settings.epochs`, then scores the pairs again.
+
+        A step whose loss or gradient is not finite is refused (not applied) and counted; past `max_refused_steps`
+        training stops and the result says it diverged: the caller restores the round's start weights."""
         self._reset_optimizer_state()
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
@@ -134,19 +145,28 @@ class Learner:
         self.engine.train()
         order = list(range(len(pairs)))
         history: list[dict[str, float]] = []
+        refused = 0
         for epoch in range(settings.epochs):
             random.Random(seed * 1000 + epoch).shuffle(order)
             for start in range(0, len(order), self.cfg.micro_batch_size):
                 index = order[start : start + self.cfg.micro_batch_size]
-                history.append(self._step(settings.loss, params, [pairs[i] for i in index], index, reference, aux))
+                step = self._step(settings.loss, params, [pairs[i] for i in index], index, reference, aux)
+                if step is None:
+                    refused += 1
+                    if refused > max_refused_steps:
+                        return TrainResult(metrics={"train/refused_steps": float(refused), "loss/mean": math.nan},
+                                           after=None, refused_steps=refused)
+                else:
+                    history.append(step)
         metrics: dict[str, Any] = {f"train/{key}": statistics.fmean(h[key] for h in history) for key in
                                    (history[0] if history else {})}
         metrics["train/steps"] = float(len(history))
+        metrics["train/refused_steps"] = float(refused)
         if aux is not None:
             metrics.update(aux.deltas.stats())
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
         self.engine.eval()
-        return TrainResult(metrics=metrics, after=self._pair_logps(pairs))
+        return TrainResult(metrics=metrics, after=self._pair_logps(pairs), refused_steps=refused)
 
     def _reset_optimizer_state(self) -> None:
         """Each round is a fresh preference problem against a new reference: Adam's moments start from zero, which
@@ -157,7 +177,8 @@ class Learner:
         inner.state.clear()
 
     def _step(self, loss_name: str, params: LossParams, batch: list[Pair], index: list[int], reference: PairLogps,
-              aux: "_AuxTerm | None") -> dict[str, float]:
+              aux: "_AuxTerm | None") -> dict[str, float] | None:
+        """One optimizer step; None when it was refused for a non-finite loss or gradient."""
         tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
                          [(p.prompt_ids, p.rejected_ids) for p in batch], self.pad_id, self.device)
         logps = sequence_logprobs(self.engine, tokens)
@@ -186,11 +207,27 @@ class Learner:
             penalty, penalty_metrics = aux.penalty(tokens, torch.cat([delta_chosen, delta_rejected]))
             loss = loss + penalty
             out.metrics.update(penalty_metrics)
+        if not torch.isfinite(loss.detach()):
+            return None
         self.engine.backward(loss)
+        if not self._gradients_finite():
+            self.engine.zero_grad()
+            return _refused(aux)
+        boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
+        if boundary and not self.engine.was_step_applied():
+            return _refused(aux)  # ZeRO found a non-finite gradient norm and skipped the update
         if aux is not None:
             aux.deltas.step()
         return out.metrics
+
+    def _gradients_finite(self) -> bool:
+        """Without ZeRO the gradients sit in `.grad` and nothing checks them before the update; ZeRO (and bf16 with
+        check_grad_overflow) checks the global norm itself inside `step()`."""
+        if self.cfg.zero_stage > 0:
+            return True
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     # -- weights -------------------------------------------------------------------------------------------------
 
@@ -283,6 +320,12 @@ class _AuxTerm:
 
         return auxdpo.auxdpo_regulariser(reference_logps, self.reference, deltas, self.params.aux_lambda_null,
                                          self.params.aux_lambda_amp)
+
+
+def _refused(aux: _AuxTerm | None) -> None:
+    """A refused step leaves nothing behind: the deltas' gradients from its backward pass go too."""
+    if aux is not None:
+        aux.deltas.optimizer.zero_grad(set_to_none=True)
 
 
 def _hash_state(state: dict[str, torch.Tensor]) -> str:

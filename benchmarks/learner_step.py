@@ -117,7 +117,7 @@ class LearnerSide:
         self.learner._step(self.settings.loss, self.params, pairs, list(range(len(pairs))), reference, None)
 
     def train(self, pairs, reference, seed: int) -> None:
-        self.learner.train(pairs, reference, self.settings, seed)
+        self.learner.train(pairs, reference, self.settings, seed, max_refused_steps=0)
 
 
 class BareSide:

@@ -154,6 +154,18 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """What a run survives without stopping."""
+
+    # Times Ray restarts each actor that dies; the orchestrator puts the restarted actor's state back (weights,
+    # round-start optimizer state) and redoes the interrupted phase. Past this many, the run stops.
+    max_actor_restarts: int = 3
+    # Optimizer steps per round refused for a non-finite loss or gradient; one more and the round is rolled back
+    # to its start weights and rejected.
+    max_refused_steps: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -167,6 +179,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     schedule: list[dict[str, Any]] = field(default_factory=list)
     run: RunConfig = field(default_factory=RunConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,6 +205,7 @@ _NON_NEGATIVE = {
     "generator.num_cpus", "generator.num_gpus", "judge.num_cpus", "learner.num_cpus", "learner.num_gpus",
     "safety.harmful_prompts", "safety.toxicity_prompts", "safety.benign_prompts", "safety.toxicity_threshold",
     "generator.temperature", "learner.max_grad_norm", "learner.weight_decay", "pairs.min_margin", "run.num_cpus",
+    "faults.max_actor_restarts", "faults.max_refused_steps",
 }
 
 

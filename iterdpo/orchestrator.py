@@ -10,11 +10,12 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import ray
 from tqdm import tqdm
@@ -38,6 +39,9 @@ from iterdpo.scorers import JudgeResult
 
 log = logging.getLogger("iterdpo")
 
+T = TypeVar("T")
+ACTOR_RESTART_TIMEOUT_S = 600  # a restarted engine or learner loads its model again: minutes at most
+
 PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate")
 
 
@@ -58,8 +62,15 @@ class Judged:
 @dataclass
 class Reference:
     scores: PairLogps
+    start: PairLogps  # the same pairs under the round-start policy (the reference itself in refresh mode)
     pi0: PairLogps | None  # the same pairs under the initial policy, when tracked
     source: str
+
+
+@dataclass
+class _Trained:
+    redo: Callable[[], TrainResult]
+    weights_hash: str
 
 
 @dataclass
@@ -79,16 +90,17 @@ class Orchestrator:
         self.model_dir = str(resolve_model(cfg.model.path))
         init_ray(cfg.run.num_cpus)
         _check_resources(cfg)
-        env = {"env_vars": actor_env()}
+        # Ray restarts a dead actor with its constructor's arguments; `_survive` puts its state back.
+        common = {"runtime_env": {"env_vars": actor_env()}, "max_restarts": cfg.faults.max_actor_restarts}
         self.generator = (
             ray.remote(Generator)
-            .options(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus, runtime_env=env)
+            .options(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus, **common)
             .remote(self.model_dir, cfg.generator, cfg.run.seed)
         )
-        self.judge_actor = ray.remote(Judge).options(num_cpus=cfg.judge.num_cpus, runtime_env=env).remote(cfg.judge)
+        self.judge_actor = ray.remote(Judge).options(num_cpus=cfg.judge.num_cpus, **common).remote(cfg.judge)
         self.learner = (
             ray.remote(Learner)
-            .options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, runtime_env=env)
+            .options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, **common)
             .remote(self.model_dir, cfg.learner, cfg.run.seed)
         )
         _wait_until_started({"generator": self.generator, "judge": self.judge_actor, "learner": self.learner})
@@ -98,6 +110,9 @@ class Orchestrator:
         self.files = RunFiles(run_dir)
         self.eval_baseline: list[float] = []
         self._probe: list[tuple[list[int], list[int]]] = []
+        self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
+        self._restarts: list[str] = []  # "role@phase", this round
+        self._pids: dict[str, int] = {}  # each actor's process, to notice a restart between phases
         self.metrics = MetricsLog(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -124,7 +139,7 @@ class Orchestrator:
     def _evaluate_initial_policy(self) -> None:
         timer = PhaseTimer()
         with timer.phase("evaluate"):
-            baseline, self.eval_baseline = self.evaluate(round_index=0)
+            baseline, self.eval_baseline = self._survive("evaluate", lambda: self.evaluate(round_index=0))
         self.metrics.append({**baseline, **timer.times})
         log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
                  baseline["eval/reward_mean"], baseline["safety/refusal_rate"], baseline["safety/toxicity_rate"])
@@ -168,21 +183,22 @@ class Orchestrator:
             bar.update(1)
 
         start = time.perf_counter()
+        self._trained, self._restarts = None, []
         with phase("generate"):
-            samples = self.generate(index, settings)
+            samples = self._survive("generate", lambda: self.generate(index, settings))
         with phase("judge"):
-            judged = self.judge(samples)
+            judged = self._survive("judge", lambda: self.judge(samples))
         with phase("build_pairs"):
             pair_set = self.build_pairs(samples, judged, index)
         with phase("reference"):
             pairs_ref = ray.put(pair_set.pairs)
-            reference = self.reference_logprobs(pairs_ref, settings, index)
+            reference = self._survive("reference", lambda: self.reference_logprobs(pairs_ref, settings, index))
         with phase("train"):
-            trained = self.train(pairs_ref, reference.scores, settings, index)
+            trained = self._survive("train", lambda: self.train(pairs_ref, reference.scores, settings, index))
         with phase("sync_weights"):
-            parity = self.sync_weights(samples)
+            parity = self._survive("sync_weights", lambda: self.sync_weights(samples))
         with phase("evaluate"):
-            evaluation, eval_scores = self.evaluate(round_index=index)
+            evaluation, eval_scores = self._survive("evaluate", lambda: self.evaluate(round_index=index))
         bar.close()
 
         self._save_round(round_dir, samples, judged.result.combined, pair_set)
@@ -199,16 +215,22 @@ class Orchestrator:
             "reference/source": reference.source,
             "reference/weights_hash": reference.scores.weights_hash,
             "policy/start_hash": self.policy_hash,
-            "policy/end_hash": trained.after.weights_hash,
+            "policy/end_hash": (trained.after or reference.start).weights_hash,
             "settings": dataclasses.asdict(settings),
             **trained.metrics,
-            **drift_metrics(_scores(reference.scores), _scores(trained.after), _scores(reference.pi0), settings.beta),
+            **drift_metrics(_scores(reference.scores), _scores(reference.start),
+                            _scores(trained.after or reference.start), _scores(reference.pi0), settings.beta),
             **{key: value for key, value in evaluation.items() if key != "round"},
             "eval/win_rate_vs_pi0": win_rate(eval_scores, self.eval_baseline),
             "throughput/generate_tokens_per_s": sum(len(s.response_ids) for s in samples) / timer.times["time/generate"],
             **timer.times,
         }
-        metrics.update(self.gate(index, metrics, settings))
+        diverged = (f"{trained.refused_steps} optimizer steps had a non-finite loss or gradient "
+                    f"(faults.max_refused_steps={self.cfg.faults.max_refused_steps})") if trained.diverged else None
+        metrics.update(self._survive("gate", lambda: self.gate(index, metrics, settings, diverged)))
+        metrics["faults/actor_restarts"] = len(self._restarts)
+        metrics["faults/restarted"] = list(self._restarts)
+        self._trained = None
         metrics["time/round"] = time.perf_counter() - start
         streak = falling_streak(self.metrics.rows + [metrics])
         metrics["alarm/chosen_logp_falling_rounds"] = streak
@@ -219,24 +241,109 @@ class Orchestrator:
                         accepted=metrics["gate/accepted"], policy_after=self.policy_hash)
         return RoundResult(index=index, metrics=metrics)
 
-    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig) -> dict[str, Any]:
-        """Accepts the round (checkpoint, EMA) or rejects it and restores the last accepted weights everywhere."""
-        accepted, reason = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
+    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig, refused: str | None = None
+             ) -> dict[str, Any]:
+        """Accepts the round (checkpoint, EMA) or rejects it and restores the last accepted weights everywhere.
+        `refused`: why the round is rejected whatever its metrics (its training diverged). The run's state changes
+        only once every remote call has succeeded, so an actor dying here leaves the round redoable."""
+        accepted, reason = (False, refused) if refused else decide(row, baseline_row(self.metrics.rows, self.cfg.gate),
+                                                                   self.cfg.gate)
         if accepted:
-            self.policy_hash = row["policy/end_hash"]
-            self.accepted_weights = str(self.files.checkpoint(index))
-            ray.get(self.learner.save_weights.remote(self.accepted_weights))
+            checkpoint = str(self.files.checkpoint(index))
+            ray.get(self.learner.save_weights.remote(checkpoint))
             if settings.reference == "ema":
                 ray.get(self.learner.update_ema.remote(self._ema_source(index), str(self.files.ema(index)),
                                                        settings.ema_rate))
+            self.policy_hash, self.accepted_weights = row["policy/end_hash"], checkpoint
             return {"gate/accepted": True}
-        log.warning("round %d rejected by the safety gate: %s", index, reason)
-        restored = ray.get(self.learner.load_weights.remote(self.accepted_weights))
+        log.warning("round %d rejected: %s", index, reason)
+        restored = self._load_accepted_into_learner()
         ray.get(self.generator.load_weights_file.remote(self.accepted_weights))
         parity = self.check_parity(self._probe)
-        self.policy_hash = restored
         return {"gate/accepted": False, "gate/reason": reason, "gate/restored_hash": restored,
                 "gate/restored_from": self.accepted_weights, "sync/rollback_parity_max_abs_diff": parity}
+
+    def _load_accepted_into_learner(self) -> str:
+        """The learner back on the last accepted weights (the round's start), checked by hash."""
+        restored = ray.get(self.learner.load_weights.remote(self.accepted_weights))
+        if restored != self.policy_hash:
+            raise RunError(f"the learner's weights after loading {self.accepted_weights} have hash {restored}, "
+                           f"expected {self.policy_hash}")
+        return restored
+
+    # -- faults --------------------------------------------------------------------------------------------------
+
+    def _survive(self, phase: str, work: Callable[[], T]) -> T:
+        """Runs a phase. An actor that died in it, or was restarted by Ray since the last phase (a new process
+        holds only what its constructor built), is waited for, has its state put back (`_restore_actor`), and the
+        phase runs again. Restarts are limited by faults.max_actor_restarts."""
+        failed: set[str] = set()
+        while True:
+            try:
+                for role in failed:
+                    self._await_restart(role, phase)
+                renewed = failed | self._respawned_actors()
+                for role in [r for r in ("judge", "learner", "generator") if r in renewed]:  # learner first
+                    self._restarts.append(f"{role}@{phase}")
+                    self._restore_actor(role, phase)
+                    failed.discard(role)
+                return work()
+            except ray.exceptions.RayActorError as err:
+                role = self._role_of(err)
+                log.warning("the %s actor died during %s (%s); restarting it and redoing the phase", role, phase,
+                            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+                failed.add(role)
+
+    def _respawned_actors(self) -> set[str]:
+        """Actors whose process changed since it was last seen: Ray restarted them between phases."""
+        actors = self._actors()
+        pids = dict(zip(actors, ray.get([actor.__ray_call__.remote(_process_id) for actor in actors.values()])))
+        renewed = {role for role, pid in pids.items() if self._pids.get(role, pid) != pid}
+        self._pids.update({role: pid for role, pid in pids.items() if role not in renewed})
+        return renewed
+
+    def _role_of(self, err: ray.exceptions.RayActorError) -> str:
+        for role, actor in self._actors().items():
+            if actor._actor_id.hex() == err.actor_id:
+                return role
+        raise err
+
+    def _actors(self) -> dict[str, Any]:
+        return {"generator": self.generator, "judge": self.judge_actor, "learner": self.learner}
+
+    def _await_restart(self, role: str, phase: str) -> None:
+        """Waits while Ray restarts the actor (it answers "unavailable" meanwhile); a dead one stays dead."""
+        deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
+        while True:
+            try:
+                ray.get(self._actors()[role].__ray_ready__.remote())
+                return
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise RunError(f"the {role} actor died during {phase} and did not come back within "
+                                   f"{ACTOR_RESTART_TIMEOUT_S} s") from None
+                time.sleep(1.0)
+            except ray.exceptions.RayActorError:
+                raise RunError(f"the {role} actor died during {phase} and was not restarted "
+                               f"(faults.max_actor_restarts={self.cfg.faults.max_actor_restarts})") from None
+
+    def _restore_actor(self, role: str, phase: str) -> None:
+        """A restarted actor holds what its constructor built: pi0 for the learner and the engine. The learner gets
+        the round's start weights (and a fresh optimizer state, as every round starts with) and, if the round had
+        trained already, trains again, which must reproduce the same weights; the engine gets the learner's."""
+        if role == "learner":
+            self._load_accepted_into_learner()
+            if self._trained is not None:
+                again = self._trained.redo()
+                if again.after is None or again.after.weights_hash != self._trained.weights_hash:
+                    raise RunError("after the learner's restart the round's training gave other weights than before "
+                                   "(hash {} vs {})".format(again.after and again.after.weights_hash,
+                                                            self._trained.weights_hash))
+        elif role == "generator":
+            self.push_weights(self.learner.export_weights.remote())
+            if self._probe:
+                self.check_parity(self._probe)
+        self._pids[role] = ray.get(self._actors()[role].__ray_call__.remote(_process_id))
 
     # -- phases --------------------------------------------------------------------------------------------------
 
@@ -266,15 +373,29 @@ class Orchestrator:
             "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
         same_as_pi0 = weights_file == self.model_dir or (weights_file is None and self.policy_hash == self.pi0_hash)
-        pending = [self.learner.reference_logprobs.remote(pairs_ref, weights_file)]
+        pending = {"reference": self.learner.reference_logprobs.remote(pairs_ref, weights_file)}
+        if weights_file is not None:
+            pending["start"] = self.learner.reference_logprobs.remote(pairs_ref, None)
         if self.cfg.run.track_pi0 and not same_as_pi0:
-            pending.append(self.learner.reference_logprobs.remote(pairs_ref, self.model_dir))
-        scored = ray.get(pending)
-        pi0 = scored[-1] if len(scored) > 1 or same_as_pi0 else None
-        return Reference(scores=scored[0], pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
+            pending["pi0"] = self.learner.reference_logprobs.remote(pairs_ref, self.model_dir)
+        scored = dict(zip(pending, ray.get(list(pending.values()))))
+        pi0 = scored.get("pi0", scored["reference"] if same_as_pi0 else None)
+        return Reference(scores=scored["reference"], start=scored.get("start", scored["reference"]),
+                         pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
 
     def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int) -> TrainResult:
-        return ray.get(self.learner.train.remote(pairs_ref, reference, settings, self._seed(index)))
+        def run() -> TrainResult:
+            return ray.get(self.learner.train.remote(pairs_ref, reference, settings, self._seed(index),
+                                                     self.cfg.faults.max_refused_steps))
+
+        trained = run()
+        if trained.diverged:
+            log.warning("round %d: %d optimizer steps had a non-finite loss or gradient; the learner goes back to the "
+                        "round's start weights", index, trained.refused_steps)
+            self._load_accepted_into_learner()
+        else:
+            self._trained = _Trained(redo=run, weights_hash=trained.after.weights_hash)
+        return trained
 
     def sync_weights(self, samples: list[Sample]) -> float:
         """Pushes the learner's weights into the engine, then proves the engine serves them."""
@@ -352,6 +473,11 @@ class Orchestrator:
             ray.kill(actor)
 
 
+def _process_id(_actor: Any) -> int:
+    """Runs inside an actor (`__ray_call__`): its process id changes when Ray restarts it."""
+    return os.getpid()
+
+
 def _wait_until_started(actors: dict[str, Any]) -> None:
     """Surfaces an actor's failing constructor (bad model folder, engine error) as one clear error."""
     for name, actor in actors.items():
@@ -378,7 +504,7 @@ def _check_resources(cfg: Config) -> None:
 
 
 def _scores(logps: PairLogps | None) -> PairScores | None:
-    return None if logps is None else PairScores(chosen=logps.chosen, rejected=logps.rejected)
+    return None if logps is None else PairScores(chosen=logps.chosen, rejected=logps.rejected, tokens=logps.tokens)
 
 
 def _save_scored(samples: list[Sample], scores: list[float], path: Path) -> None:

@@ -29,24 +29,52 @@ def test_gate_without_thresholds_accepts():
                   GateConfig()) == (True, "")
 
 
+def _scores(chosen: list[list[float]], rejected: list[list[float]]) -> PairScores:
+    """Sequence scores summed from per-token log-probs, as the learner reports them."""
+    return PairScores(chosen=[sum(t) for t in chosen], rejected=[sum(t) for t in rejected], tokens=chosen + rejected)
+
+
 def test_drift_metrics_hand_computed():
-    ref = PairScores(chosen=[-10.0, -20.0], rejected=[-12.0, -18.0])
-    after = PairScores(chosen=[-9.0, -21.0], rejected=[-14.0, -19.0])
-    pi0 = PairScores(chosen=[-11.0, -20.0], rejected=[-12.0, -18.0])
-    m = drift_metrics(ref, after, pi0, beta=0.1)
+    ref = _scores([[-4.0, -6.0], [-20.0]], [[-12.0], [-18.0]])  # sums: chosen -10, -20; rejected -12, -18
+    start = _scores([[-4.0, -5.0], [-20.0]], [[-12.0], [-19.0]])  # sums: -9, -20; -12, -19
+    after = _scores([[-4.0, -5.0], [-21.0]], [[-14.0], [-19.0]])  # sums: -9, -21; -14, -19
+    pi0 = _scores([[-5.0, -6.0], [-20.0]], [[-12.0], [-18.0]])  # sums: -11, -20; -12, -18
+    m = drift_metrics(ref, start, after, pi0, beta=0.1)
     assert m["logps/chosen_drift"] == pytest.approx(0.0)  # (+1 - 1) / 2
     assert m["logps/rejected_drift"] == pytest.approx(-1.5)  # (-2 - 1) / 2
     assert m["drift/chosen_fell_fraction"] == 0.5
     assert m["rewards/margin_after"] == pytest.approx(0.1 * ((1 + 2) + (-1 + 1)) / 2)
+    assert m["rewards/accuracy_after"] == 0.5  # margins 0.3 and 0.0
+    # before training: chosen log-ratios +1, 0; rejected 0, -1 -> margins 0.1 and 0.1
+    assert m["rewards/margin_before"] == pytest.approx(0.1) and m["rewards/accuracy_before"] == 1.0
     assert m["drift/chosen_vs_pi0"] == pytest.approx((2.0 - 1.0) / 2)
     assert m["kl/ref_to_policy_k1"] == pytest.approx(-(1 - 1 - 2 - 1) / 4)
+    # per token d = after - ref: chosen (0, +1), (-1); rejected (-2), (-1); k3 = sum_t e^d - 1 - d per response
+    per_response = [(math.e - 2), (math.exp(-1) - 1 + 1), (math.exp(-2) - 1 + 2), (math.exp(-1) - 1 + 1)]
+    assert m["kl/ref_to_policy_k3"] == pytest.approx(sum(per_response) / 4)
+
+
+def test_drift_in_refresh_mode_has_zero_margins_before_training():
+    ref = _scores([[-1.0], [-2.0]], [[-3.0], [-4.0]])
+    m = drift_metrics(ref, ref, ref, None, beta=0.5)
+    assert m["rewards/margin_before"] == 0.0 and m["rewards/accuracy_before"] == 0.0
+    assert "drift/chosen_vs_pi0" not in m
 
 
 def test_kl_estimators_on_identical_policies_are_zero():
-    same = PairScores([-1.0, -2.0], [-3.0, -4.0])
+    same = _scores([[-1.0], [-2.0]], [[-3.0], [-4.0]])
     assert kl_estimates(same, same) == (0.0, 0.0)
-    k1, k3 = kl_estimates(same, PairScores([-1.5, -2.0], [-3.0, -4.5]))
+    k1, k3 = kl_estimates(same, _scores([[-1.5], [-2.0]], [[-3.0], [-4.5]]))
     assert k3 >= 0 and math.isfinite(k1)
+
+
+def test_per_token_k3_stays_finite_where_the_sequence_ratio_explodes():
+    """60 tokens each 2 nats likelier: the whole-sequence ratio is e^120, the per-token estimate stays finite."""
+    ref = _scores([[-3.0] * 60], [[-3.0] * 60])
+    moved = _scores([[-1.0] * 60], [[-3.0] * 60])
+    k1, k3 = kl_estimates(ref, moved)
+    assert k1 == pytest.approx(-120 / 2)
+    assert k3 == pytest.approx(60 * (math.exp(2) - 1 - 2) / 2)
 
 
 def test_win_rate_and_alarm_streak():
