@@ -8,7 +8,6 @@ refreshed every round by construction and costs no memory beyond two floats per 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
@@ -23,12 +22,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file as save_safetensors
 
-from iterdpo import auxdpo
+from iterdpo import auxdpo, lora
 from iterdpo.config import LearnerConfig, RoundConfig
 from iterdpo.losses import LossInputs, LossParams, preference_loss
 from iterdpo.samples import Pair
 from iterdpo.sequences import Sequence, TokenBatch, collate, per_token_lists, sequence_logprobs, token_logprobs
-from iterdpo.weights import read_weights
+from iterdpo.weights import hash_state, read_weights
 
 
 @dataclass
@@ -76,8 +75,13 @@ class Learner:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        # With LoRA only the adapter trains and has optimizer state; the base weights are frozen.
+        self.adapter = lora.Adapter(model, cfg.lora) if cfg.lora.rank else None
+        if self.adapter is not None:
+            model = self.adapter.model
         deepspeed.init_distributed()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=cfg.weight_decay)
+        trainable = [param for param in model.parameters() if param.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=cfg.weight_decay)
         ds_config = {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
@@ -115,6 +119,9 @@ class Learner:
         self.engine.eval()
         if weights_file is None:
             return self._pair_logps(pairs)
+        if self.adapter is not None:
+            with self.adapter.swapped(read_weights(weights_file)):
+                return self._pair_logps(pairs)
         current = self.export_weights()
         self._copy_into_module(read_weights(weights_file))
         try:
@@ -232,7 +239,10 @@ class Learner:
     # -- weights -------------------------------------------------------------------------------------------------
 
     def export_weights(self) -> dict[str, torch.Tensor]:
-        """A CPU copy of the full state dict with Hugging Face names; gathers ZeRO-3 shards first."""
+        """A CPU copy of the full state dict with Hugging Face names (with LoRA: the merged weights); gathers ZeRO-3
+        shards first."""
+        if self.adapter is not None:
+            return self.adapter.merged_state()
         module = self.engine.module
         gathered = contextlib.nullcontext()
         if self.cfg.zero_stage == 3:
@@ -253,17 +263,21 @@ class Learner:
                     shutil.copy2(item, tmp / item.name)
             state = self.export_weights()
             save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            if self.adapter is not None:  # what a rollback puts back: the merge alone would not resume training
+                self.adapter.save(tmp / lora.ADAPTER_DIR)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return _hash_state(state)
+        return hash_state(state)
 
     def load_weights(self, weights_file: str) -> str:
         """Makes the weights in `weights_file` the policy's (a rollback): the module and the optimizer's own
-        fp32 copies both. Returns the hash of the weights now in place."""
-        self._copy_into_module(read_weights(weights_file))
+        fp32 copies both. With LoRA, a checkpoint's saved adapter goes back over the same base weights; weights
+        without one become the base under the initial adapter. Returns the hash of the weights now in place."""
+        if self.adapter is None or not self.adapter.restore(weights_file):
+            self._copy_into_module(read_weights(weights_file))
         if hasattr(self.optimizer, "refresh_fp32_params"):
             self.optimizer.refresh_fp32_params()  # ZeRO keeps master copies that the next step would write back
         return self.weights_hash()
@@ -278,9 +292,12 @@ class Learner:
         tmp = _ensure_dir(path.parent) / f".{path.name}.tmp"
         save_safetensors(blended, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, path)
-        return _hash_state(blended)
+        return hash_state(blended)
 
     def _copy_into_module(self, state: dict[str, torch.Tensor]) -> None:
+        if self.adapter is not None:
+            self.adapter.load_base(state)
+            return
         module = self.engine.module
         params = dict(module.named_parameters())
         missing = sorted(set(params) - set(state))
@@ -296,7 +313,7 @@ class Learner:
                 param.copy_(state[name].to(param.device, param.dtype))
 
     def weights_hash(self) -> str:
-        return _hash_state(self.export_weights())
+        return hash_state(self.export_weights())
 
 
 class _AuxTerm:
@@ -326,14 +343,6 @@ def _refused(aux: _AuxTerm | None) -> None:
     """A refused step leaves nothing behind: the deltas' gradients from its backward pass go too."""
     if aux is not None:
         aux.deltas.optimizer.zero_grad(set_to_none=True)
-
-
-def _hash_state(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _ensure_dir(path: Path) -> Path:

@@ -88,6 +88,21 @@ class PairsConfig:
     length_normalize: bool = False
 
 
+def _default_lora_targets() -> list[str]:
+    return ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft) instead of full fine-tuning: only the adapter trains, the base weights stay frozen."""
+
+    rank: int = 0  # 0: full fine-tuning
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: float = 0.0
+    # Names of the linear layers that get an adapter, or "all-linear" (every linear layer but the output head).
+    target_modules: list[str] | str = field(default_factory=_default_lora_targets)
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     num_cpus: float = 1.0
@@ -99,6 +114,7 @@ class LearnerConfig:
     weight_decay: float = 0.0
     bf16: bool = False
     torch_threads: int = 2
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass(frozen=True)
@@ -197,7 +213,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE = {
     "data.prompts_per_round", "data.eval_prompts", "data.prefix_words", "generator.max_model_len",
     "generator.kv_cache_gib", "generator.max_new_tokens", "generator.eval_samples_per_prompt",
-    "learner.micro_batch_size", "learner.gradient_accumulation_steps", "learner.torch_threads",
+    "learner.micro_batch_size", "learner.gradient_accumulation_steps", "learner.torch_threads", "learner.lora.alpha",
     "safety.max_new_tokens", "sync.parity_tolerance", "sync.probe_sequences", "round.beta", "round.learning_rate", "round.epochs",
     "round.samples_per_prompt", "run.rounds", "run.keep_checkpoints", "run.alarm_rounds",
 }
@@ -205,7 +221,7 @@ _NON_NEGATIVE = {
     "generator.num_cpus", "generator.num_gpus", "judge.num_cpus", "learner.num_cpus", "learner.num_gpus",
     "safety.harmful_prompts", "safety.toxicity_prompts", "safety.benign_prompts", "safety.toxicity_threshold",
     "generator.temperature", "learner.max_grad_norm", "learner.weight_decay", "pairs.min_margin", "run.num_cpus",
-    "faults.max_actor_restarts", "faults.max_refused_steps",
+    "faults.max_actor_restarts", "faults.max_refused_steps", "learner.lora.rank",
 }
 
 
@@ -338,9 +354,23 @@ def _check_scorers(cfg: JudgeConfig) -> None:
             function_scorer(options.path)  # a typo in the import path fails here, not inside the judge actor
 
 
+def _check_lora(cfg: LearnerConfig) -> None:
+    _check_section("learner.lora", cfg.lora, "learner.lora")
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        raise ConfigError(f"learner.lora.dropout: expected a value in [0, 1), got {cfg.lora.dropout!r}")
+    targets = cfg.lora.target_modules
+    if (isinstance(targets, str) and targets != "all-linear") or not targets or not all(targets):
+        raise ConfigError(f"learner.lora.target_modules: expected 'all-linear' or a list of layer names such as "
+                          f"[q_proj, v_proj], got {targets!r}")
+    if cfg.lora.rank and cfg.zero_stage == 3:
+        raise ConfigError("learner.lora.rank: LoRA needs learner.zero_stage 0, 1 or 2, got 3 (the adapter is merged "
+                          "into whole, unpartitioned weights)")
+
+
 def _check_ranges(cfg: Config) -> None:
     for group in ("data", "generator", "judge", "safety", "pairs", "learner", "sync", "round", "gate", "run"):
         _check_section(group, getattr(cfg, group), group)
+    _check_lora(cfg.learner)
     _check_scorers(cfg.judge)
     if len(cfg.schedule) > cfg.run.rounds:
         raise ConfigError(f"schedule: {len(cfg.schedule)} entries for run.rounds={cfg.run.rounds}")

@@ -1,6 +1,8 @@
-"""Reading policy weights from disk: safetensors only, never pickles."""
+"""Policy weights on disk (safetensors only, never pickles) and their hash."""
 
 from __future__ import annotations
+
+import hashlib
 
 from pathlib import Path
 
@@ -18,3 +20,12 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     for file in files:
         state.update(load_file(str(file)))
     return state
+
+
+def hash_state(state: dict[str, torch.Tensor]) -> str:
+    """A short digest of the names and exact bytes of a state dict's tensors."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -14,6 +14,17 @@ def test_dotted_overrides_are_typed():
     assert cfg.round.beta == 0.5 and cfg.learner.zero_stage == 3 and cfg.run.rounds == 4
 
 
+def test_lora_is_a_nested_section():
+    assert config_from_dict({}).learner.lora.rank == 0  # full fine-tuning unless asked for
+    lora = config_from_dict({"learner": {"lora": {"alpha": 32}}}, ["learner.lora.rank=8"]).learner.lora
+    assert (lora.rank, lora.alpha, lora.target_modules) == (8, 32.0, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    assert config_from_dict({}, ["learner.lora.target_modules=all-linear"]).learner.lora.target_modules == "all-linear"
+    with pytest.raises(ConfigError, match=r"learner.lora.dropout: expected a value in \[0, 1\)"):
+        config_from_dict({}, ["learner.lora.dropout=1.0"])
+    with pytest.raises(ConfigError, match="learner.lora.target_modules: expected 'all-linear' or a list"):
+        config_from_dict({}, ["learner.lora.target_modules=q_proj"])
+
+
 def test_int_is_accepted_for_float():
     assert config_from_dict({"round": {"beta": 1}}).round.beta == 1.0
 
