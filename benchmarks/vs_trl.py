@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/vs_trl.py --quick
     .venv/bin/python benchmarks/vs_trl.py --config configs/default.yaml --prompts 8 --rounds 2
 
-Needs `trl` (`pip install -c .venv/constraints-cpu.txt trl==1.16.0`: it changes neither torch nor transformers).
+Needs `trl`, which the `test` extra installs (trl==1.16.0: it changes neither torch nor transformers).
 
 A "round" on both sides is P prompts (data.prompts_per_round or --prompts), 2 samples each (TRL's online DPO
 samples two; iterdpo's round.samples_per_prompt is set to 2 here), scored by VADER (the project's own scorer is

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -303,6 +304,12 @@ def _check_loss(settings: RoundConfig, label: str) -> None:
         LossParams(beta=settings.beta, **settings.loss_params)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{label}.loss_params: {err}") from None
+    if settings.loss == "auxdpo" and settings.epochs == 1:
+        # A pair's deltas start at zero and move only after that pair's own step, so one pass over the pairs
+        # trains the policy exactly as DPO would.
+        logging.getLogger("iterdpo").warning(
+            "%s: loss auxdpo with epochs 1 trains as plain DPO (the auxiliary deltas act from the second epoch); "
+            "set %s.epochs >= 2", label, label)
 
 
 def _check_section(group: str, section: Any, label: str) -> None:
