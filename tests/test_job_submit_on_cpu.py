@@ -30,6 +30,13 @@ def _ray(*args: str, env: dict, timeout: int = 120) -> subprocess.CompletedProce
                           timeout=timeout)
 
 
+def _accepts_a_job(address: str, env: dict) -> bool:
+    try:
+        return _ray("job", "submit", "--address", address, "--", "true", env=env, timeout=180).returncode == 0
+    except subprocess.TimeoutExpired:  # a loaded machine: the head is still starting
+        return False
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
@@ -48,8 +55,8 @@ def ray_head(tmp_path):
     try:
         # The dashboard answers `ray job list` before the head's job agent has registered, and a submission in
         # that window fails with "No available agent"; a trivial job that succeeds proves the agent is up.
-        deadline = time.monotonic() + 240
-        while _ray("job", "submit", "--address", address, "--", "true", env=env, timeout=120).returncode != 0:
+        deadline = time.monotonic() + 600
+        while not _accepts_a_job(address, env):
             assert head.poll() is None, "ray start --head exited"
             assert time.monotonic() < deadline, "the Ray head's job agent did not come up"
             time.sleep(3)
