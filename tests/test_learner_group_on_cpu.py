@@ -1,5 +1,6 @@
 """Two learner actors forming one DeepSpeed ZeRO-2 group over gloo train like one learner with the same global
-batch: the same loss at every step and the same weights at the end, with Adam's state split between the ranks."""
+batch: the same loss at every step and the same weights at the end, with Adam's state split between the ranks. A
+ZeRO-3 group (parameters sharded too) trains the same, and rank 0's checkpoints load back on every rank."""
 
 import sys
 
@@ -50,8 +51,8 @@ def _backend(_learner) -> str:
     return torch.distributed.get_backend()
 
 
-def _train(replicas: int) -> dict:
-    cfg = LearnerConfig(replicas=replicas, num_cpus=0.5, zero_stage=2, micro_batch_size=GLOBAL_BATCH)
+def _train(replicas: int, folder, zero_stage: int = 2) -> dict:
+    cfg = LearnerConfig(replicas=replicas, num_cpus=0.5, zero_stage=zero_stage, micro_batch_size=GLOBAL_BATCH)
     group = LearnerGroup.create(str(resolve_model("builtin:tiny-qwen2")), cfg, 0,
                                 {"runtime_env": {"env_vars": actor_env()}})
     try:
@@ -62,6 +63,7 @@ def _train(replicas: int) -> dict:
             "reference": reference,
             "result": result,
             "weights": ray.get(group.export_weights()),
+            "saved_and_loaded": (group.save_weights(str(folder)), group.load_weights(str(folder))),
             "adam": ray.get([actor.__ray_call__.remote(_adam_state_numel) for actor in group.actors]),
             "hashes": ray.get([actor.weights_hash.remote() for actor in group.actors]),
             "placed": group.placement is not None,
@@ -72,12 +74,11 @@ def _train(replicas: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def one_and_two(ray_session):
-    return _train(1), _train(2)
+def one_and_two(ray_session, tmp_path_factory):
+    return _train(1, tmp_path_factory.mktemp("one")), _train(2, tmp_path_factory.mktemp("two"))
 
 
-def test_the_same_loss_trajectory_and_weights(one_and_two):
-    one, two = one_and_two
+def _assert_same_training(one: dict, two: dict) -> None:
     assert one["reference"].chosen == two["reference"].chosen  # rank 0 scores with the same pi0
     losses_one, losses_two = one["result"].losses, two["result"].losses
     assert len(losses_one) == len(losses_two) == 6  # 3 global batches x 2 epochs
@@ -94,6 +95,16 @@ def test_the_same_loss_trajectory_and_weights(one_and_two):
     # Adam moves every weight by about the learning rate per step whatever its gradient's size, so rounding
     # differences in near-zero gradients show in the weights at a small fraction of what training moved them.
     assert diff <= WEIGHT_TOLERANCE * moved
+    for run in (one, two):  # a checkpoint written by rank 0 loads back on every rank
+        assert run["saved_and_loaded"] == (run["result"].after.weights_hash,) * 2
+
+
+def test_the_same_loss_trajectory_and_weights(one_and_two):
+    _assert_same_training(*one_and_two)
+
+
+def test_a_zero3_group_trains_the_same(ray_session, tmp_path):
+    _assert_same_training(_train(1, tmp_path / "one", zero_stage=3), _train(2, tmp_path / "two", zero_stage=3))
 
 
 def test_the_ranks_hold_one_model_and_half_the_optimizer_state_each(one_and_two):
