@@ -43,10 +43,16 @@ class TrainResult:
     metrics: dict[str, Any]  # means over the round's optimizer steps
     after: PairLogps | None  # the pairs scored again with the trained weights; None when training diverged
     refused_steps: int = 0  # steps whose loss or gradient was not finite, not applied
+    losses: list[float] = field(default_factory=list)  # the loss of each applied optimizer step, in order
 
     @property
     def diverged(self) -> bool:
         return self.after is None
+
+
+def shard_bounds(count: int, shards: int) -> list[int]:
+    """Boundaries of `shards` contiguous, near-equal slices of `count` items: slice k is [b[k], b[k + 1])."""
+    return [count * k // shards for k in range(shards + 1)]
 
 
 def _free_port() -> int:
@@ -55,17 +61,33 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _single_process_env() -> None:
-    """A lone learner is rank 0 of a world of 1; a launcher that set these already wins."""
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+@dataclass(frozen=True)
+class Rank:
+    """This learner's place in a data-parallel group of learner processes (`iterdpo.groups.LearnerGroup`)."""
+
+    rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+
+def _process_group_env(rank: Rank | None) -> None:
+    """A lone learner is rank 0 of a world of 1, and a launcher that set these already wins; a member of a learner
+    group gets its rank and the group's rendezvous address. LOCAL_RANK is 0: each Ray actor sees only its own
+    accelerators."""
+    if rank is None:
+        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+            os.environ.setdefault(key, value)
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    else:
+        os.environ.update(RANK=str(rank.rank), LOCAL_RANK="0", WORLD_SIZE=str(rank.world_size),
+                          MASTER_ADDR=rank.master_addr, MASTER_PORT=str(rank.master_port))
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Learner:
-    def __init__(self, model_dir: str, cfg: LearnerConfig, seed: int) -> None:
-        _single_process_env()
+    def __init__(self, model_dir: str, cfg: LearnerConfig, seed: int, rank: Rank | None = None) -> None:
+        _process_group_env(rank)
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,11 +101,12 @@ class Learner:
         self.adapter = lora.Adapter(model, cfg.lora) if cfg.lora.rank else None
         if self.adapter is not None:
             model = self.adapter.model
-        deepspeed.init_distributed()
+        deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA: DeepSpeed's accelerator picks
+        self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         trainable = [param for param in model.parameters() if param.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=cfg.weight_decay)
         ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+            "train_micro_batch_size_per_gpu": -(-cfg.micro_batch_size // self.world_size),
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
             "gradient_clipping": cfg.max_grad_norm,
             "zero_optimization": {"stage": cfg.zero_stage},
@@ -144,6 +167,8 @@ class Learner:
 
         A step whose loss or gradient is not finite is refused (not applied) and counted; past `max_refused_steps`
         training stops and the result says it diverged: the caller restores the round's start weights."""
+        if settings.loss == "auxdpo" and self.world_size > 1:
+            raise ValueError("auxdpo trains per-pair deltas on one learner; learner.replicas must be 1 with it")
         self._reset_optimizer_state()
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
@@ -156,8 +181,9 @@ class Learner:
         for epoch in range(settings.epochs):
             random.Random(seed * 1000 + epoch).shuffle(order)
             for start in range(0, len(order), self.cfg.micro_batch_size):
-                index = order[start : start + self.cfg.micro_batch_size]
-                step = self._step(settings.loss, params, [pairs[i] for i in index], index, reference, aux)
+                batch = order[start : start + self.cfg.micro_batch_size]
+                index, share = self._shard(batch)
+                step = self._step(settings.loss, params, [pairs[i] for i in index], index, reference, aux, share)
                 if step is None:
                     refused += 1
                     if refused > max_refused_steps:
@@ -173,7 +199,8 @@ class Learner:
             metrics.update(aux.deltas.stats())
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
         self.engine.eval()
-        return TrainResult(metrics=metrics, after=self._pair_logps(pairs), refused_steps=refused)
+        return TrainResult(metrics=metrics, after=self._pair_logps(pairs), refused_steps=refused,
+                           losses=[step["loss"] for step in history])
 
     def _reset_optimizer_state(self) -> None:
         """Each round is a fresh preference problem against a new reference: Adam's moments start from zero, which
@@ -183,9 +210,23 @@ class Learner:
             inner = inner.optimizer
         inner.state.clear()
 
+    def _shard(self, batch: list[int]) -> tuple[list[int], float]:
+        """This rank's contiguous share of a global batch of pair indices, and its weight: the share's size over the
+        batch's mean share. DeepSpeed averages gradients over ranks, so each rank's mean loss times its weight makes
+        the update that of the whole batch's mean loss. A rank whose share is empty runs the batch's first pair with
+        weight 0: every rank must take part in the gradient reduction."""
+        if self.world_size == 1:
+            return batch, 1.0
+        bounds = shard_bounds(len(batch), self.world_size)
+        lo, hi = bounds[self.rank], bounds[self.rank + 1]
+        if lo == hi:
+            return batch[:1], 0.0
+        return batch[lo:hi], (hi - lo) * self.world_size / len(batch)
+
     def _step(self, loss_name: str, params: LossParams, batch: list[Pair], index: list[int], reference: PairLogps,
-              aux: "_AuxTerm | None") -> dict[str, float] | None:
-        """One optimizer step; None when it was refused for a non-finite loss or gradient."""
+              aux: "_AuxTerm | None", share: float = 1.0) -> dict[str, float] | None:
+        """One optimizer step on this rank's `share` of the global batch; None when it was refused for a non-finite
+        loss or gradient (on any rank)."""
         tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
                          [(p.prompt_ids, p.rejected_ids) for p in batch], self.pad_id, self.device)
         logps = sequence_logprobs(self.engine, tokens)
@@ -214,7 +255,12 @@ class Learner:
             penalty, penalty_metrics = aux.penalty(tokens, torch.cat([delta_chosen, delta_rejected]))
             loss = loss + penalty
             out.metrics.update(penalty_metrics)
-        if not torch.isfinite(loss.detach()):
+        finite = bool(torch.isfinite(loss.detach())) or share == 0.0
+        if self.world_size > 1:
+            finite = self._all_ranks(finite)
+            out.metrics = self._group_mean(out.metrics, share)
+            loss = loss * share
+        if not finite:
             return None
         self.engine.backward(loss)
         if not self._gradients_finite():
@@ -227,6 +273,20 @@ class Learner:
         if aux is not None:
             aux.deltas.step()
         return out.metrics
+
+    def _all_ranks(self, flag: bool) -> bool:
+        """True when `flag` holds on every rank of the group."""
+        value = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+        return bool(value.item())
+
+    def _group_mean(self, metrics: dict[str, float], share: float) -> dict[str, float]:
+        """The global batch's metrics from each rank's means over its share (weighted by `share`)."""
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[key] * share if share else 0.0 for key in keys], dtype=torch.float64,
+                              device=self.device)
+        torch.distributed.all_reduce(values)
+        return {key: value / self.world_size for key, value in zip(keys, values.tolist())}
 
     def _gradients_finite(self) -> bool:
         """Without ZeRO the gradients sit in `.grad` and nothing checks them before the update; ZeRO (and bf16 with
@@ -254,7 +314,10 @@ class Learner:
 
     def save_weights(self, folder: str) -> str:
         """Writes the policy as a Hugging Face folder (safetensors, config and tokenizer of the original model)
-        that transformers and vLLM load; atomically. Returns the weights' hash."""
+        that transformers and vLLM load; atomically. Returns the weights' hash. In a learner group rank 0 writes;
+        the other ranks only take part in gathering ZeRO-3 shards."""
+        if self.rank != 0:
+            return self.weights_hash()
         target = Path(folder)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=_ensure_dir(target.parent)))
         try:
@@ -284,10 +347,12 @@ class Learner:
 
     def update_ema(self, source: str, target: str, rate: float) -> str:
         """Writes rate * ema + (1 - rate) * policy to `target`, where ema is read from `source` (a previous EMA
-        file, or pi0's folder to start). Returns the new EMA's hash."""
+        file, or pi0's folder to start). Returns the new EMA's hash; rank 0 of a learner group writes it."""
         ema = read_weights(source)
         policy = self.export_weights()
         blended = {name: rate * ema[name] + (1.0 - rate) * policy[name] for name in ema}
+        if self.rank != 0:
+            return hash_state(blended)
         path = Path(target)
         tmp = _ensure_dir(path.parent) / f".{path.name}.tmp"
         save_safetensors(blended, str(tmp), metadata={"format": "pt"})

@@ -43,6 +43,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class GeneratorConfig:
+    # vLLM engines, each with these resources; a phase's prompts are split into contiguous shards across them.
+    replicas: int = 1
     num_cpus: float = 0.5
     num_gpus: float = 0.0
     dtype: str = "float32"
@@ -106,6 +108,9 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
+    # Learner processes forming one DeepSpeed data-parallel group, each with these resources. micro_batch_size
+    # stays the number of pairs per optimizer step (the global batch): each rank takes a contiguous share of it.
+    replicas: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     zero_stage: int = 2
@@ -214,6 +219,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE = {
     "data.prompts_per_round", "data.eval_prompts", "data.prefix_words", "generator.max_model_len",
     "generator.kv_cache_gib", "generator.max_new_tokens", "generator.eval_samples_per_prompt",
+    "generator.replicas", "learner.replicas",
     "learner.micro_batch_size", "learner.gradient_accumulation_steps", "learner.torch_threads", "learner.lora.alpha",
     "safety.max_new_tokens", "sync.parity_tolerance", "sync.probe_sequences", "round.beta", "round.learning_rate", "round.epochs",
     "round.samples_per_prompt", "run.rounds", "run.keep_checkpoints", "run.alarm_rounds",
@@ -381,15 +387,27 @@ def _check_ranges(cfg: Config) -> None:
     _check_scorers(cfg.judge)
     if len(cfg.schedule) > cfg.run.rounds:
         raise ConfigError(f"schedule: {len(cfg.schedule)} entries for run.rounds={cfg.run.rounds}")
-    for index in range(len(cfg.schedule)):
-        round_settings(cfg, index)
-    wanted = cfg.generator.num_cpus + cfg.judge.num_cpus + cfg.learner.num_cpus
+    losses = {cfg.round.loss} | {round_settings(cfg, index).loss for index in range(len(cfg.schedule))}
+    if cfg.learner.replicas > 1 and "auxdpo" in losses:
+        raise ConfigError(f"learner.replicas: auxdpo trains per-pair deltas on one learner; expected 1 with it, got "
+                          f"{cfg.learner.replicas}")
+    wanted = actor_cpus(cfg)
     if cfg.run.num_cpus and wanted > cfg.run.num_cpus:
         raise ConfigError(f"actor resources: generator, judge and learner ask for {wanted:g} CPUs in all, more than "
-                          f"run.num_cpus={cfg.run.num_cpus:g} (lower generator/judge/learner.num_cpus)")
+                          f"run.num_cpus={cfg.run.num_cpus:g} (lower generator/judge/learner.num_cpus or replicas)")
     if cfg.generator.max_new_tokens >= cfg.generator.max_model_len:
         raise ConfigError(f"generator.max_new_tokens: expected less than generator.max_model_len="
                           f"{cfg.generator.max_model_len}, got {cfg.generator.max_new_tokens}")
+
+
+def actor_cpus(cfg: Config) -> float:
+    """CPUs all actors ask Ray for: every replica of the generator and learner groups, and the judge."""
+    return (cfg.generator.replicas * cfg.generator.num_cpus + cfg.judge.num_cpus
+            + cfg.learner.replicas * cfg.learner.num_cpus)
+
+
+def actor_gpus(cfg: Config) -> float:
+    return cfg.generator.replicas * cfg.generator.num_gpus + cfg.learner.replicas * cfg.learner.num_gpus
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -20,15 +20,15 @@ from typing import Any, Callable, Iterator, TypeVar
 import ray
 from tqdm import tqdm
 
-from actors.generator import Generator
 from actors.judge import Judge
-from actors.learner import Learner, PairLogps, TrainResult
+from actors.learner import PairLogps, TrainResult
 from iterdpo.checkpoints import RunFiles
-from iterdpo.config import Config, ConfigError, RoundConfig
+from iterdpo.config import Config, ConfigError, RoundConfig, actor_cpus, actor_gpus
 from iterdpo.data import PromptSplit, load_prompts
 from iterdpo.drift import PairScores, drift_metrics, falling_streak, win_rate
 from iterdpo.evaluation import SafetyPrompts, reward_metrics, safety_metrics
 from iterdpo.gate import baseline_row, decide
+from iterdpo.groups import GeneratorGroup, LearnerGroup
 from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, atomic_write_text, save_records
 from iterdpo.models import resolve_model
 from iterdpo.pairs import PairSet, build_pairs
@@ -91,21 +91,15 @@ class Orchestrator:
         init_ray(cfg.run.num_cpus)
         _check_resources(cfg)
         # Ray restarts a dead actor with its constructor's arguments; `_survive` puts its state back.
-        common = {"runtime_env": {"env_vars": actor_env()}, "max_restarts": cfg.faults.max_actor_restarts}
-        self.generator = (
-            ray.remote(Generator)
-            .options(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus, **common)
-            .remote(self.model_dir, cfg.generator, cfg.run.seed)
-        )
-        self.judge_actor = ray.remote(Judge).options(num_cpus=cfg.judge.num_cpus, **common).remote(cfg.judge)
-        self.learner = (
-            ray.remote(Learner)
-            .options(num_cpus=cfg.learner.num_cpus, num_gpus=cfg.learner.num_gpus, **common)
-            .remote(self.model_dir, cfg.learner, cfg.run.seed)
-        )
-        _wait_until_started({"generator": self.generator, "judge": self.judge_actor, "learner": self.learner})
+        # A learner group is rebuilt whole instead (`_rebuild_learners`).
+        self._options = {"runtime_env": {"env_vars": actor_env()}, "max_restarts": cfg.faults.max_actor_restarts}
+        self.generators = GeneratorGroup.create(self.model_dir, cfg.generator, cfg.run.seed, self._options)
+        self.judge_actor = ray.remote(Judge).options(num_cpus=cfg.judge.num_cpus, **self._options).remote(cfg.judge)
+        self.learners = LearnerGroup.create(self.model_dir, cfg.learner, cfg.run.seed, self._options)
+        self._learner_rebuilds = 0
+        _wait_until_started(self._actors())
         self._check_prompt_lengths()
-        self.pi0_hash = self.policy_hash = ray.get(self.learner.weights_hash.remote())
+        self.pi0_hash = self.policy_hash = self.learners.weights_hash()
         self.accepted_weights = self.model_dir  # what a rejected round rolls back to
         self.files = RunFiles(run_dir)
         self.eval_baseline: list[float] = []
@@ -116,6 +110,16 @@ class Orchestrator:
         self.metrics = MetricsLog(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+
+    @property
+    def generator(self) -> Any:
+        """The first generator (the only one unless generator.replicas > 1): it runs the safety suite."""
+        return self.generators.first
+
+    @property
+    def learner(self) -> Any:
+        """Rank 0 of the learners (the only one unless learner.replicas > 1)."""
+        return self.learners.first
 
     # -- the run -------------------------------------------------------------------------------------------------
 
@@ -156,11 +160,11 @@ class Orchestrator:
         accepted = [row for row in self.metrics.rows[1:] if row.get("gate/accepted", True)]
         if accepted:
             folder = str(self.files.checkpoint(accepted[-1]["round"]))
-            restored = ray.get(self.learner.load_weights.remote(folder))
+            restored = self.learners.load_weights(folder)
             if restored != accepted[-1]["policy/end_hash"]:
                 raise RunError(f"resume: the weights in {folder} are not those round {accepted[-1]['round']} "
                                f"ended with (hash {restored}, expected {accepted[-1]['policy/end_hash']})")
-            ray.get(self.generator.load_weights_file.remote(folder))
+            self.generators.load_weights_file(folder)
             self.policy_hash, self.accepted_weights = restored, folder
         self._probe = [(ids, response) for ids, response in zip(initial["prompt_ids"], initial["response_ids"])
                        if response][: self.cfg.sync.probe_sequences]
@@ -250,22 +254,21 @@ class Orchestrator:
                                                                    self.cfg.gate)
         if accepted:
             checkpoint = str(self.files.checkpoint(index))
-            ray.get(self.learner.save_weights.remote(checkpoint))
+            self.learners.save_weights(checkpoint)
             if settings.reference == "ema":
-                ray.get(self.learner.update_ema.remote(self._ema_source(index), str(self.files.ema(index)),
-                                                       settings.ema_rate))
+                self.learners.update_ema(self._ema_source(index), str(self.files.ema(index)), settings.ema_rate)
             self.policy_hash, self.accepted_weights = row["policy/end_hash"], checkpoint
             return {"gate/accepted": True}
         log.warning("round %d rejected: %s", index, reason)
         restored = self._load_accepted_into_learner()
-        ray.get(self.generator.load_weights_file.remote(self.accepted_weights))
+        self.generators.load_weights_file(self.accepted_weights)
         parity = self.check_parity(self._probe)
         return {"gate/accepted": False, "gate/reason": reason, "gate/restored_hash": restored,
                 "gate/restored_from": self.accepted_weights, "sync/rollback_parity_max_abs_diff": parity}
 
     def _load_accepted_into_learner(self) -> str:
         """The learner back on the last accepted weights (the round's start), checked by hash."""
-        restored = ray.get(self.learner.load_weights.remote(self.accepted_weights))
+        restored = self.learners.load_weights(self.accepted_weights)
         if restored != self.policy_hash:
             raise RunError(f"the learner's weights after loading {self.accepted_weights} have hash {restored}, "
                            f"expected {self.policy_hash}")
@@ -295,28 +298,39 @@ class Orchestrator:
                 failed.add(role)
 
     def _respawned_actors(self) -> set[str]:
-        """Actors whose process changed since it was last seen: Ray restarted them between phases."""
+        """Roles with an actor whose process changed since it was last seen: Ray restarted it between phases."""
         actors = self._actors()
         pids = dict(zip(actors, ray.get([actor.__ray_call__.remote(_process_id) for actor in actors.values()])))
-        renewed = {role for role, pid in pids.items() if self._pids.get(role, pid) != pid}
-        self._pids.update({role: pid for role, pid in pids.items() if role not in renewed})
+        renewed = {_role(name) for name, pid in pids.items() if self._pids.get(name, pid) != pid}
+        self._pids.update({name: pid for name, pid in pids.items() if _role(name) not in renewed})
         return renewed
 
     def _role_of(self, err: ray.exceptions.RayActorError) -> str:
-        for role, actor in self._actors().items():
+        for name, actor in self._actors().items():
             if actor._actor_id.hex() == err.actor_id:
-                return role
+                return _role(name)
         raise err
 
     def _actors(self) -> dict[str, Any]:
-        return {"generator": self.generator, "judge": self.judge_actor, "learner": self.learner}
+        """Every actor by name: the role, with the member's index in a group of more than one ("generator[1]")."""
+        def named(role: str, actors: list[Any]) -> dict[str, Any]:
+            return {role: actors[0]} if len(actors) == 1 else {f"{role}[{i}]": a for i, a in enumerate(actors)}
+
+        return {**named("generator", self.generators.actors), "judge": self.judge_actor,
+                **named("learner", self.learners.actors)}
+
+    def _members(self, role: str) -> dict[str, Any]:
+        return {name: actor for name, actor in self._actors().items() if _role(name) == role}
 
     def _await_restart(self, role: str, phase: str) -> None:
         """Waits while Ray restarts the actor (it answers "unavailable" meanwhile); a dead one stays dead."""
+        if role == "learner" and len(self.learners.actors) > 1:
+            self._rebuild_learners(phase)
+            return
         deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
         while True:
             try:
-                ray.get(self._actors()[role].__ray_ready__.remote())
+                ray.get([actor.__ray_ready__.remote() for actor in self._members(role).values()])
                 return
             except ray.exceptions.ActorUnavailableError:
                 if time.monotonic() > deadline:
@@ -326,6 +340,18 @@ class Orchestrator:
             except ray.exceptions.RayActorError:
                 raise RunError(f"the {role} actor died during {phase} and was not restarted "
                                f"(faults.max_actor_restarts={self.cfg.faults.max_actor_restarts})") from None
+
+    def _rebuild_learners(self, phase: str) -> None:
+        """A restarted process cannot rejoin a running DeepSpeed group: every rank is replaced by a new group (on pi0,
+        like a restarted learner; `_restore_actor` puts the round's state back). Counts as one restart."""
+        self._learner_rebuilds += 1
+        if self._learner_rebuilds > self.cfg.faults.max_actor_restarts:
+            raise RunError(f"a learner of the group died during {phase} and the group has been rebuilt "
+                           f"{self._learner_rebuilds - 1} times already (faults.max_actor_restarts="
+                           f"{self.cfg.faults.max_actor_restarts})")
+        self.learners.kill()
+        self.learners = LearnerGroup.create(self.model_dir, self.cfg.learner, self.cfg.run.seed, self._options)
+        _wait_until_started(self._members("learner"))
 
     def _restore_actor(self, role: str, phase: str) -> None:
         """A restarted actor holds what its constructor built: pi0 for the learner and the engine. The learner gets
@@ -340,17 +366,18 @@ class Orchestrator:
                                    "(hash {} vs {})".format(again.after and again.after.weights_hash,
                                                             self._trained.weights_hash))
         elif role == "generator":
-            self.push_weights(self.learner.export_weights.remote())
+            self.push_weights(self.learners.export_weights())
             if self._probe:
                 self.check_parity(self._probe)
-        self._pids[role] = ray.get(self._actors()[role].__ray_call__.remote(_process_id))
+        members = self._members(role)
+        self._pids.update(zip(members, ray.get([actor.__ray_call__.remote(_process_id) for actor in members.values()])))
 
     # -- phases --------------------------------------------------------------------------------------------------
 
     def generate(self, index: int, settings: RoundConfig) -> list[Sample]:
         prompts = self.prompts.for_round(index - 1, self.cfg.data.prompts_per_round)
         sampling = self._sampling(settings.samples_per_prompt, seed=self._seed(index))
-        return ray.get(self.generator.generate.remote(prompts, sampling))
+        return self.generators.generate(prompts, sampling)
 
     def judge(self, samples: list[Sample]) -> Judged:
         prompts, responses = [s.prompt for s in samples], [s.text for s in samples]
@@ -373,20 +400,20 @@ class Orchestrator:
             "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
         same_as_pi0 = weights_file == self.model_dir or (weights_file is None and self.policy_hash == self.pi0_hash)
-        pending = {"reference": self.learner.reference_logprobs.remote(pairs_ref, weights_file)}
+        pending = {"reference": self.learners.reference_logprobs(pairs_ref, weights_file)}
         if weights_file is not None:
-            pending["start"] = self.learner.reference_logprobs.remote(pairs_ref, None)
+            pending["start"] = self.learners.reference_logprobs(pairs_ref, None)
         if self.cfg.run.track_pi0 and not same_as_pi0:
-            pending["pi0"] = self.learner.reference_logprobs.remote(pairs_ref, self.model_dir)
-        scored = dict(zip(pending, ray.get(list(pending.values()))))
+            pending["pi0"] = self.learners.reference_logprobs(pairs_ref, self.model_dir)
+        scored = dict(zip(pending, self.learners.results(list(pending.values()))))
         pi0 = scored.get("pi0", scored["reference"] if same_as_pi0 else None)
         return Reference(scores=scored["reference"], start=scored.get("start", scored["reference"]),
                          pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
 
     def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int) -> TrainResult:
         def run() -> TrainResult:
-            return ray.get(self.learner.train.remote(pairs_ref, reference, settings, self._seed(index),
-                                                     self.cfg.faults.max_refused_steps))
+            return self.learners.train(pairs_ref, reference, settings, self._seed(index),
+                                       self.cfg.faults.max_refused_steps)
 
         trained = run()
         if trained.diverged:
@@ -398,17 +425,21 @@ class Orchestrator:
         return trained
 
     def sync_weights(self, samples: list[Sample]) -> float:
-        """Pushes the learner's weights into the engine, then proves the engine serves them."""
-        self.push_weights(self.learner.export_weights.remote())
+        """Pushes the learner's weights into the engines, then proves each engine serves them."""
+        self.push_weights(self.learners.export_weights())
         self._probe = [(s.prompt_ids, s.response_ids) for s in samples if s.response_ids][: self.cfg.sync.probe_sequences]
         return self.check_parity(self._probe)
 
     def push_weights(self, weights: ray.ObjectRef) -> None:
-        ray.get(self.generator.load_weights.remote(weights))
+        self.generators.load_weights(weights)
 
     def check_parity(self, probe: list[tuple[list[int], list[int]]]) -> float:
-        engine, learner = ray.get([self.generator.logprobs.remote(probe), self.learner.logprobs.remote(probe)])
-        diff = max((abs(a - b) for e, l in zip(engine, learner) for a, b in zip(e, l)), default=0.0)
+        """The largest difference between any engine's log-probs of `probe` and the learner's."""
+        engines = self.generators.logprobs(probe)
+        learner = self.learners.logprobs(probe)
+        *served, computed = ray.get(engines) + [self.learners.results([learner])[0]]
+        diff = max((abs(a - b) for engine in served for e, l in zip(engine, computed) for a, b in zip(e, l)),
+                   default=0.0)
         if not diff <= self.cfg.sync.parity_tolerance:
             raise ParityError(
                 f"weight sync parity check failed: engine and learner log-probs differ by up to {diff:.3g} "
@@ -421,7 +452,7 @@ class Orchestrator:
         """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; then
         the safety suite. Returns the metrics and the held-out rewards, sample by sample."""
         sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=self.cfg.run.seed + 7_919)
-        samples = ray.get(self.generator.generate.remote(list(self.prompts.eval), sampling))
+        samples = self.generators.generate(list(self.prompts.eval), sampling)
         judged = self.judge(samples)
         _save_scored(samples, judged.result.combined, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
         safety = safety_metrics(self.generator, self.judge_actor, self.safety_prompts, self.cfg.safety,
@@ -469,8 +500,14 @@ class Orchestrator:
         )
 
     def shutdown(self) -> None:
-        for actor in (self.generator, self.judge_actor, self.learner):
-            ray.kill(actor)
+        self.generators.kill()
+        ray.kill(self.judge_actor)
+        self.learners.kill()
+
+
+def _role(name: str) -> str:
+    """"generator[1]" -> "generator"."""
+    return name.split("[")[0]
 
 
 def _process_id(_actor: Any) -> int:
@@ -491,15 +528,13 @@ def _wait_until_started(actors: dict[str, Any]) -> None:
 def _check_resources(cfg: Config) -> None:
     """Actors that can never be placed would wait forever: refuse such a config up front."""
     available = ray.cluster_resources()
-    wanted = {
-        "CPU": cfg.generator.num_cpus + cfg.judge.num_cpus + cfg.learner.num_cpus,
-        "GPU": cfg.generator.num_gpus + cfg.learner.num_gpus,
-    }
+    wanted = {"CPU": actor_cpus(cfg), "GPU": actor_gpus(cfg)}
     for resource, amount in wanted.items():
         if amount > available.get(resource, 0.0) + 1e-9:
             raise ConfigError(
                 f"actor resources: generator, judge and learner ask for {amount:g} {resource} in all, the Ray "
-                f"cluster has {available.get(resource, 0.0):g} (lower generator/judge/learner.num_{resource.lower()}s)"
+                f"cluster has {available.get(resource, 0.0):g} (lower generator/judge/learner.num_{resource.lower()}s "
+                "or replicas)"
             )
 
 

@@ -105,3 +105,16 @@ def test_python_schedule_is_validated():
 
     with pytest.raises(ConfigError, match=r"schedule\[0\].beta: expected a value > 0"):
         Schedule([Round(beta=-1.0)]).settings(config_from_dict({}).round, 1, [])
+
+
+def test_replicas_are_positive_and_count_in_the_resources():
+    cfg = config_from_dict({}, ["generator.replicas=2", "learner.replicas=2", "generator.num_cpus=0.25",
+                                "learner.num_cpus=0.5"])
+    assert (cfg.generator.replicas, cfg.learner.replicas) == (2, 2)
+    assert config_from_dict({}).learner.replicas == config_from_dict({}).generator.replicas == 1
+    with pytest.raises(ConfigError, match="generator.replicas: expected a value > 0"):
+        config_from_dict({}, ["generator.replicas=0"])
+    with pytest.raises(ConfigError, match="ask for 3 CPUs in all.*or replicas"):
+        config_from_dict({}, ["learner.replicas=2"])  # 0.5 + 0.5 + 2 x 1 on run.num_cpus=2
+    with pytest.raises(ConfigError, match="learner.replicas: auxdpo trains per-pair deltas on one learner"):
+        config_from_dict({"schedule": [{}, {"loss": "auxdpo"}]}, ["learner.replicas=2", "learner.num_cpus=0.5"])

@@ -1,0 +1,120 @@
+"""Two learner actors forming one DeepSpeed ZeRO-2 group over gloo train like one learner with the same global
+batch: the same loss at every step and the same weights at the end, with Adam's state split between the ranks. A
+ZeRO-3 group (parameters sharded too) trains the same, and rank 0's checkpoints load back on every rank."""
+
+import sys
+
+import pytest
+import ray
+import torch
+from ray import cloudpickle
+
+from iterdpo.config import LearnerConfig, RoundConfig
+from iterdpo.groups import LearnerGroup
+from iterdpo.models import resolve_model
+from iterdpo.runtime import actor_env
+from iterdpo.samples import Pair
+from iterdpo.weights import read_weights
+
+pytestmark = pytest.mark.slow
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # `_adam_state_numel` runs inside the learners
+
+GLOBAL_BATCH = 4
+# 9 pairs in batches of 4: shares of 2+2 and, in the last batch of one pair, an empty share on rank 0
+PAIRS = 9
+SETTINGS = RoundConfig(learning_rate=1e-2, epochs=2)
+RELATIVE_TOLERANCE = 1e-4
+WEIGHT_TOLERANCE = 1e-2  # of the largest change training made
+
+
+def _pairs(count: int) -> list[Pair]:
+    gen = torch.Generator().manual_seed(0)
+
+    def ids(length: int) -> list[int]:
+        return torch.randint(0, 1000, (length,), generator=gen).tolist()
+
+    return [Pair(chosen_index=2 * i, rejected_index=2 * i + 1, prompt_index=i, prompt="", prompt_ids=ids(5 + i % 4),
+                 chosen_ids=ids(8 + i % 3), rejected_ids=ids(6 + i % 5), chosen_text="", rejected_text="",
+                 chosen_score=1.0, rejected_score=0.0) for i in range(count)]
+
+
+def _adam_state_numel(learner) -> int:
+    """Elements of Adam's moments held by this rank."""
+    inner = learner.optimizer
+    while hasattr(inner, "optimizer"):
+        inner = inner.optimizer
+    return sum(value.numel() for state in inner.state.values() for value in state.values()
+               if torch.is_tensor(value) and value.dim() > 0)
+
+
+def _backend(_learner) -> str:
+    return torch.distributed.get_backend()
+
+
+def _train(replicas: int, folder, zero_stage: int = 2) -> dict:
+    cfg = LearnerConfig(replicas=replicas, num_cpus=0.5, zero_stage=zero_stage, micro_batch_size=GLOBAL_BATCH)
+    group = LearnerGroup.create(str(resolve_model("builtin:tiny-qwen2")), cfg, 0,
+                                {"runtime_env": {"env_vars": actor_env()}})
+    try:
+        pairs = ray.put(_pairs(PAIRS))
+        (reference,) = group.results([group.reference_logprobs(pairs, None)])
+        result = group.train(pairs, reference, SETTINGS, seed=3, max_refused_steps=0)
+        return {
+            "reference": reference,
+            "result": result,
+            "weights": ray.get(group.export_weights()),
+            "saved_and_loaded": (group.save_weights(str(folder)), group.load_weights(str(folder))),
+            "adam": ray.get([actor.__ray_call__.remote(_adam_state_numel) for actor in group.actors]),
+            "hashes": ray.get([actor.weights_hash.remote() for actor in group.actors]),
+            "placed": group.placement is not None,
+            "backends": ray.get([actor.__ray_call__.remote(_backend) for actor in group.actors]),
+        }
+    finally:
+        group.kill()
+
+
+@pytest.fixture(scope="module")
+def one_and_two(ray_session, tmp_path_factory):
+    return _train(1, tmp_path_factory.mktemp("one")), _train(2, tmp_path_factory.mktemp("two"))
+
+
+def _assert_same_training(one: dict, two: dict) -> None:
+    assert one["reference"].chosen == two["reference"].chosen  # rank 0 scores with the same pi0
+    losses_one, losses_two = one["result"].losses, two["result"].losses
+    assert len(losses_one) == len(losses_two) == 6  # 3 global batches x 2 epochs
+    for a, b in zip(losses_one, losses_two):
+        assert abs(a - b) <= RELATIVE_TOLERANCE * max(abs(a), 1e-3), (losses_one, losses_two)
+    assert losses_one[-1] < losses_one[0]  # it did learn
+    assert one["result"].metrics["loss/mean"] == pytest.approx(two["result"].metrics["loss/mean"], rel=1e-4)
+    diff = max((one["weights"][name] - two["weights"][name]).abs().max().item() for name in one["weights"])
+    moved = max((one["weights"][name] - weights).abs().max().item()
+                for name, weights in read_weights(str(resolve_model("builtin:tiny-qwen2"))).items())
+    print(f"\nlosses, 1 learner:  {losses_one}\nlosses, 2 learners: {losses_two}\n"
+          f"max loss diff {max(abs(a - b) for a, b in zip(losses_one, losses_two)):.3g}, "
+          f"max weight diff {diff:.3g}, max weight change {moved:.3g}")
+    # Adam moves every weight by about the learning rate per step whatever its gradient's size, so rounding
+    # differences in near-zero gradients show in the weights at a small fraction of what training moved them.
+    assert diff <= WEIGHT_TOLERANCE * moved
+    for run in (one, two):  # a checkpoint written by rank 0 loads back on every rank
+        assert run["saved_and_loaded"] == (run["result"].after.weights_hash,) * 2
+
+
+def test_the_same_loss_trajectory_and_weights(one_and_two):
+    _assert_same_training(*one_and_two)
+
+
+def test_a_zero3_group_trains_the_same(ray_session, tmp_path):
+    _assert_same_training(_train(1, tmp_path / "one", zero_stage=3), _train(2, tmp_path / "two", zero_stage=3))
+
+
+def test_the_ranks_hold_one_model_and_half_the_optimizer_state_each(one_and_two):
+    one, two = one_and_two
+    assert len(set(two["hashes"])) == 1 and two["hashes"][0] == two["result"].after.weights_hash
+    (whole,), halves = one["adam"], two["adam"]
+    print(f"\nAdam state elements: 1 learner {whole}, 2 learners {halves}")
+    assert whole > 0 and len(halves) == 2
+    assert abs(sum(halves) - whole) <= 0.01 * whole  # ZeRO pads partitions a little
+    assert all(0.45 * whole <= half <= 0.55 * whole for half in halves), (whole, halves)
+    assert two["placed"]  # a placement group held both ranks
+    assert two["backends"] == ["gloo", "gloo"]
+
