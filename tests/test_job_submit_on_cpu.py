@@ -46,8 +46,13 @@ def ray_head(tmp_path):
     address = f"http://127.0.0.1:{dashboard}"
     # `--block` keeps the head's processes in this process group: stopping it stops this head only, where
     # `ray stop` would stop every Ray process on the machine, the test session's own node included.
+    # Every port of its own: the test session's Ray node already holds the defaults (the dashboard agent's 52365
+    # among them), and an agent that cannot bind leaves the head unable to take jobs.
+    ports = [(flag, str(_free_port())) for flag in (
+        "--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+        "--runtime-env-agent-port", "--ray-client-server-port", "--node-manager-port", "--object-manager-port")]
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(_free_port()),
+        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", *[arg for pair in ports for arg in pair],
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--temp-dir", str(temp_dir),
          "--disable-usage-stats"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
