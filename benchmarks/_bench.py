@@ -7,6 +7,8 @@ adjacent measurements, which cancels slow drift in the background load.
 
 from __future__ import annotations
 
+import argparse
+
 import operator
 import os
 import resource
@@ -64,6 +66,16 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int =
                 measured[name].amounts.append(float(amount))
             progress(f"repeat {repeat + 1}  {name}: {measured[name].seconds[-1]:.3f} s")
     return measured
+
+
+def run_parser(description: str) -> argparse.ArgumentParser:
+    """Flags of the scripts that run the orchestrator: a config, its dotted overrides, the model and P."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "smoke.yaml"))
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generator.max_new_tokens=32")
+    parser.add_argument("--model", default=None, help="overrides model.path (default: the config's)")
+    parser.add_argument("--prompts", type=int, default=None, help="P (default: the config's data.prompts_per_round)")
+    return parser
 
 
 def progress(text: str) -> None:

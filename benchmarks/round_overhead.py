@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import ROOT, header, progress, print_table, quiet_logs, ratio_line  # noqa: E402
+from _bench import header, progress, print_table, quiet_logs, ratio_line, run_parser  # noqa: E402
 
 OVERHEAD_TARGET = ("<=", 1.05)
 # The round's steps that `run_round` times inside `time/round` but outside every `time/<phase>`.
@@ -38,11 +38,7 @@ OUTSIDE_PHASES = ("_save_round", "gate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "smoke.yaml"))
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. generator.max_new_tokens=32")
-    parser.add_argument("--model", default=None, help="overrides model.path (default: the config's)")
-    parser.add_argument("--prompts", type=int, default=None, help="P (default: the config's data.prompts_per_round)")
+    parser = run_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=3, help="P, 2P, 4P, ...: how many")
     parser.add_argument("--repeats", type=int, default=2, help="cycles over the points")
     parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds at P first")

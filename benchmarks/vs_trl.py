@@ -30,15 +30,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import ROOT, header, paired_ratio, print_table, progress, quiet_logs, ratio_line  # noqa: E402
+from _bench import header, paired_ratio, print_table, progress, quiet_logs, ratio_line, run_parser  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "smoke.yaml"))
-    parser.add_argument("overrides", nargs="*", help="dotted overrides for the iterdpo config")
-    parser.add_argument("--model", default=None, help="overrides model.path (default: the config's)")
-    parser.add_argument("--prompts", type=int, default=None, help="P (default: the config's data.prompts_per_round)")
+    parser = run_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds (TRL steps) timed, after --warmup")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="smallest settings: P=4, 2 rounds, no warm-up")
