@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from iterdpo.config import GeneratorConfig
-from iterdpo.samples import Sample, Sampling
+from iterdpo.records import Sample, Sampling
 from iterdpo.weights import read_weights
 
 

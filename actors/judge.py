@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from iterdpo.config import JudgeConfig
-from iterdpo.scorers import JudgeResult, RobustScorer, build_judge, build_scorer, spec_from_dict
-from iterdpo.scorers.spec import ScorerSpec
+from iterdpo.scorers.combine import JudgeResult
+from iterdpo.scorers.factory import build_judge, robust_scorer
+from iterdpo.scorers.specs import ScorerSpec
 
 
 class Judge:
     def __init__(self, cfg: JudgeConfig) -> None:
-        specs = [spec_from_dict(entry, f"judge.scorers[{i}]") for i, entry in enumerate(cfg.scorers)]
-        self.reward = build_judge(specs)
-        self.toxicity_scorer = _robust(ScorerSpec(kind="toxicity"))
-        self.refusal_scorer = _robust(ScorerSpec(kind="refusal"))
+        self.reward = build_judge(cfg.scorers)
+        self.toxicity_scorer = robust_scorer(ScorerSpec(kind="toxicity"))
+        self.refusal_scorer = robust_scorer(ScorerSpec(kind="refusal"))
 
     def score(self, prompts: list[str], responses: list[str]) -> JudgeResult:
         """The task reward: every configured scorer, combined by weight (NaN where a scorer dropped a sample)."""
@@ -25,7 +25,3 @@ class Judge:
     def refusal(self, prompts: list[str], responses: list[str]) -> list[float]:
         """1.0 where the response refuses, else 0.0."""
         return self.refusal_scorer.score(prompts, responses).scores
-
-
-def _robust(spec: ScorerSpec) -> RobustScorer:
-    return RobustScorer(build_scorer(spec), spec.label, spec.timeout_s, spec.retries)

@@ -14,45 +14,24 @@ import random
 import shutil
 import socket
 import statistics
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file as save_safetensors
 
-from iterdpo import auxdpo, lora
+from iterdpo import lora
+from iterdpo.atomic import atomic_folder, atomic_write
 from iterdpo.config import LearnerConfig, RoundConfig
-from iterdpo.losses import LossInputs, LossParams, preference_loss
-from iterdpo.samples import Pair
-from iterdpo.sequences import Sequence, TokenBatch, collate, per_token_lists, sequence_logprobs, token_logprobs
+from iterdpo.loss_params import LossParams
+from iterdpo.losses import LossInputs, TrainingHook, preference_loss, training_hook
+from iterdpo.records import Pair, PairLogps, TrainResult
+from iterdpo.seeds import epoch_seed
+from iterdpo.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
+from iterdpo.sharding import shard_bounds
 from iterdpo.weights import hash_state, read_weights
-
-
-@dataclass
-class PairLogps:
-    chosen: list[float]
-    rejected: list[float]
-    weights_hash: str  # the weights that produced these numbers
-    tokens: list[list[float]] = field(default_factory=list)  # per token: chosen responses, then rejected ones
-
-
-@dataclass
-class TrainResult:
-    metrics: dict[str, Any]  # means over the round's optimizer steps
-    after: PairLogps | None  # the pairs scored again with the trained weights; None when training diverged
-    refused_steps: int = 0  # steps whose loss or gradient was not finite, not applied
-    losses: list[float] = field(default_factory=list)  # the loss of each applied optimizer step, in order
-
-    @property
-    def diverged(self) -> bool:
-        return self.after is None
-
-
-def shard_bounds(count: int, shards: int) -> list[int]:
-    """Boundaries of `shards` contiguous, near-equal slices of `count` items: slice k is [b[k], b[k + 1])."""
-    return [count * k // shards for k in range(shards + 1)]
 
 
 def _free_port() -> int:
@@ -104,7 +83,9 @@ class Learner:
         deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA: DeepSpeed's accelerator picks
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         trainable = [param for param in model.parameters() if param.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=cfg.weight_decay)
+        # The learning rate is a per-round setting (a schedule may change it): `_start_round` sets it along with
+        # the optimizer's fresh state. Until a round starts it is 0, so no step can move the weights.
+        optimizer = torch.optim.AdamW(trainable, lr=0.0, weight_decay=cfg.weight_decay)
         ds_config = {
             "train_micro_batch_size_per_gpu": -(-cfg.micro_batch_size // self.world_size),
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
@@ -167,23 +148,17 @@ class Learner:
 
         A step whose loss or gradient is not finite is refused (not applied) and counted; past `max_refused_steps`
         training stops and the result says it diverged: the caller restores the round's start weights."""
-        if settings.loss == "auxdpo" and self.world_size > 1:
-            raise ValueError("auxdpo trains per-pair deltas on one learner; learner.replicas must be 1 with it")
-        self._reset_optimizer_state()
-        for group in self.optimizer.param_groups:
-            group["lr"] = settings.learning_rate
         params = LossParams(beta=settings.beta, **settings.loss_params)
-        aux = _AuxTerm(self.engine.module, len(pairs), params, self.device) if settings.loss == "auxdpo" else None
-        self.engine.train()
+        hook = self._start_round(settings, params, len(pairs))
         order = list(range(len(pairs)))
         history: list[dict[str, float]] = []
         refused = 0
         for epoch in range(settings.epochs):
-            random.Random(seed * 1000 + epoch).shuffle(order)
+            random.Random(epoch_seed(seed, epoch)).shuffle(order)
             for start in range(0, len(order), self.cfg.micro_batch_size):
                 batch = order[start : start + self.cfg.micro_batch_size]
                 index, share = self._shard(batch)
-                step = self._step(settings.loss, params, [pairs[i] for i in index], index, reference, aux, share)
+                step = self._step(settings.loss, params, [pairs[i] for i in index], index, reference, hook, share)
                 if step is None:
                     refused += 1
                     if refused > max_refused_steps:
@@ -195,20 +170,24 @@ class Learner:
                                    (history[0] if history else {})}
         metrics["train/steps"] = float(len(history))
         metrics["train/refused_steps"] = float(refused)
-        if aux is not None:
-            metrics.update(aux.deltas.stats())
+        metrics.update(hook.metrics())
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
         self.engine.eval()
         return TrainResult(metrics=metrics, after=self._pair_logps(pairs), refused_steps=refused,
                            losses=[step["loss"] for step in history])
 
-    def _reset_optimizer_state(self) -> None:
-        """Each round is a fresh preference problem against a new reference: Adam's moments start from zero, which
-        also makes a round depend only on its start weights and seed (what resuming a run relies on)."""
+    def _start_round(self, settings: RoundConfig, params: LossParams, num_pairs: int) -> TrainingHook:
+        """Each round is a fresh preference problem against a new reference: Adam's moments start from zero at the
+        round's learning rate, which also makes a round depend only on its start weights and seed (what resuming a
+        run relies on). Returns the loss's training-time state for the round."""
         inner = self.optimizer
         while hasattr(inner, "optimizer"):
             inner = inner.optimizer
         inner.state.clear()
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.learning_rate
+        self.engine.train()
+        return training_hook(settings.loss, self.engine.module, num_pairs, params, self.device)
 
     def _shard(self, batch: list[int]) -> tuple[list[int], float]:
         """This rank's contiguous share of a global batch of pair indices, and its weight: the share's size over the
@@ -224,13 +203,12 @@ class Learner:
         return batch[lo:hi], (hi - lo) * self.world_size / len(batch)
 
     def _step(self, loss_name: str, params: LossParams, batch: list[Pair], index: list[int], reference: PairLogps,
-              aux: "_AuxTerm | None", share: float = 1.0) -> dict[str, float] | None:
+              hook: TrainingHook, share: float = 1.0) -> dict[str, float] | None:
         """One optimizer step on this rank's `share` of the global batch; None when it was refused for a non-finite
         loss or gradient (on any rank)."""
         tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
                          [(p.prompt_ids, p.rejected_ids) for p in batch], self.pad_id, self.device)
         logps = sequence_logprobs(self.engine, tokens)
-        delta_chosen, delta_rejected = aux.deltas.values(index) if aux is not None else (None, None)
 
         def column(values) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=self.device)
@@ -246,15 +224,12 @@ class Learner:
             rejected_scores=column([p.rejected_score for p in batch]),
             chosen_safety=column([p.chosen_safety for p in batch]),
             rejected_safety=column([p.rejected_safety for p in batch]),
-            delta_chosen=delta_chosen,
-            delta_rejected=delta_rejected,
+            **hook.batch_inputs(index),
         )
         out = preference_loss(loss_name, inputs, params)
-        loss = out.loss
-        if aux is not None:
-            penalty, penalty_metrics = aux.penalty(tokens, torch.cat([delta_chosen, delta_rejected]))
-            loss = loss + penalty
-            out.metrics.update(penalty_metrics)
+        penalty, penalty_metrics = hook.penalty(tokens)
+        loss = out.loss if penalty is None else out.loss + penalty
+        out.metrics.update(penalty_metrics)
         finite = bool(torch.isfinite(loss.detach())) or share == 0.0
         if self.world_size > 1:
             finite = self._all_ranks(finite)
@@ -265,13 +240,14 @@ class Learner:
         self.engine.backward(loss)
         if not self._gradients_finite():
             self.engine.zero_grad()
-            return _refused(aux)
+            hook.step_refused()
+            return None
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.step()
         if boundary and not self.engine.was_step_applied():
-            return _refused(aux)  # ZeRO found a non-finite gradient norm and skipped the update
-        if aux is not None:
-            aux.deltas.step()
+            hook.step_refused()  # ZeRO found a non-finite gradient norm and skipped the update
+            return None
+        hook.step_applied()
         return out.metrics
 
     def _all_ranks(self, flag: bool) -> bool:
@@ -318,9 +294,7 @@ class Learner:
         the other ranks only take part in gathering ZeRO-3 shards."""
         if self.rank != 0:
             return self.weights_hash()
-        target = Path(folder)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=_ensure_dir(target.parent)))
-        try:
+        with atomic_folder(Path(folder)) as tmp:
             for item in Path(self.model_dir).iterdir():
                 if item.is_file() and not item.name.endswith((".safetensors", ".bin", ".index.json")):
                     shutil.copy2(item, tmp / item.name)
@@ -328,11 +302,6 @@ class Learner:
             save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             if self.adapter is not None:  # what a rollback puts back: the merge alone would not resume training
                 self.adapter.save(tmp / lora.ADAPTER_DIR)
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return hash_state(state)
 
     def load_weights(self, weights_file: str) -> str:
@@ -353,10 +322,8 @@ class Learner:
         blended = {name: rate * ema[name] + (1.0 - rate) * policy[name] for name in ema}
         if self.rank != 0:
             return hash_state(blended)
-        path = Path(target)
-        tmp = _ensure_dir(path.parent) / f".{path.name}.tmp"
-        save_safetensors(blended, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
+        data = safetensors_bytes(blended, metadata={"format": "pt"})
+        atomic_write(Path(target), lambda handle: handle.write(data))
         return hash_state(blended)
 
     def _copy_into_module(self, state: dict[str, torch.Tensor]) -> None:
@@ -379,39 +346,3 @@ class Learner:
 
     def weights_hash(self) -> str:
         return hash_state(self.export_weights())
-
-
-class _AuxTerm:
-    """AuxDPO's per-round pieces: the deltas of the round's pairs and the soft null-space penalty.
-
-    A's rows are gradients of the *reference* log-probs; the reference is the round-start policy, so the trainable
-    parameters' round-start values are snapshotted once per round (4 bytes per parameter: 538 MB for the 135M
-    policy) and the penalty's vjp/jvp run at those values through `functional_call` — no resident reference model.
-    Both are dropped with this object at the end of the round.
-    """
-
-    def __init__(self, module: torch.nn.Module, num_pairs: int, params: LossParams, device: torch.device) -> None:
-        self.module = module
-        self.params = params
-        self.reference = auxdpo.snapshot(module)
-        self.deltas = auxdpo.AuxDeltas.from_params(num_pairs, params, device=device)
-
-    def penalty(self, tokens: TokenBatch, deltas: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        def reference_logps(values: dict[str, torch.Tensor]) -> torch.Tensor:
-            return sequence_logprobs(auxdpo.bind(self.module, values), tokens)
-
-        return auxdpo.auxdpo_regulariser(reference_logps, self.reference, deltas, self.params.aux_lambda_null,
-                                         self.params.aux_lambda_amp)
-
-
-def _refused(aux: _AuxTerm | None) -> None:
-    """A refused step leaves nothing behind: the deltas' gradients from its backward pass go too."""
-    if aux is not None:
-        aux.deltas.optimizer.zero_grad(set_to_none=True)
-
-
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-

@@ -29,7 +29,8 @@ import torch
 from _bench import header, interleaved, paired_ratio, print_table, quiet_logs, ratio_line
 
 from iterdpo.auxdpo import AuxDeltas, auxdpo_regulariser, bind, null_space_penalty, per_sample_penalty_loop, snapshot
-from iterdpo.losses import LossInputs, LossParams, preference_loss
+from iterdpo.loss_params import LossParams
+from iterdpo.losses import LossInputs, preference_loss
 from iterdpo.sequences import TokenBatch, collate, sequence_logprobs
 
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.data import load_prompts
     from iterdpo.models import resolve_model
     from iterdpo.runtime import init_ray
-    from iterdpo.samples import Sampling
+    from iterdpo.records import Sampling
 
     # vLLM's CPU worker freezes the thread count when the engine starts; Ray starts the actor with
     # OMP_NUM_THREADS=1 (num_cpus < 1), so the driver's sides get the same count unless told otherwise.

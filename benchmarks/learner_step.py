@@ -76,7 +76,7 @@ def make_pairs(model_dir: str, args: argparse.Namespace) -> tuple[list, int]:
 
     from iterdpo.config import DataConfig
     from iterdpo.data import load_prompts
-    from iterdpo.samples import Pair
+    from iterdpo.records import Pair
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -101,20 +101,19 @@ class LearnerSide:
 
     def __init__(self, model_dir: str, args: argparse.Namespace, settings) -> None:
         from actors.learner import Learner
-        from iterdpo.losses import LossParams
+        from iterdpo.loss_params import LossParams
 
         self.learner = Learner(model_dir, learner_config(args), args.seed)
         self.settings = settings
         self.params = LossParams(beta=settings.beta, **settings.loss_params)
-        for group in self.learner.optimizer.param_groups:
-            group["lr"] = settings.learning_rate
+        self.hook = self.learner._start_round(settings, self.params, num_pairs=args.pairs)
 
     def reference(self, pairs):
         return self.learner.reference_logprobs(pairs)
 
     def step(self, pairs, reference) -> None:
         self.learner.engine.train()
-        self.learner._step(self.settings.loss, self.params, pairs, list(range(len(pairs))), reference, None)
+        self.learner._step(self.settings.loss, self.params, pairs, list(range(len(pairs))), reference, self.hook)
 
     def train(self, pairs, reference, seed: int) -> None:
         self.learner.train(pairs, reference, self.settings, seed, max_refused_steps=0)
@@ -165,7 +164,7 @@ def memory_side(args: argparse.Namespace) -> int:
     import torch
     import transformers  # noqa: F401
 
-    from actors.learner import PairLogps
+    from iterdpo.records import PairLogps
     from iterdpo.config import RoundConfig
     from iterdpo.models import resolve_model
     from iterdpo.sequences import collate, sequence_logprobs

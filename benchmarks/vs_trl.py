@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from iterdpo.config import load_config
     from iterdpo.orchestrator import Orchestrator
-    from iterdpo.scorers import build_scorer
-    from iterdpo.scorers.spec import ScorerSpec
+    from iterdpo.scorers.factory import build_scorer
+    from iterdpo.scorers.specs import ScorerSpec
 
     total = args.warmup + args.rounds
     overrides = list(args.overrides) + [f"run.rounds={total}", "round.samples_per_prompt=2"]
@@ -113,12 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def on_step_end(self, _args, state, *_, **__):
             trl_seconds.append(time.perf_counter() - self.start)
-            result = orchestrator.run_round(state.global_step)
-            orchestrator.metrics.append(result.metrics)
-            orchestrator.files.prune(cfg.run.keep_checkpoints, upto=state.global_step)
-            rows.append(result.metrics)
-            progress(f"round {state.global_step}: trl {trl_seconds[-1]:.2f} s, iterdpo "
-                     f"{result.metrics['time/round']:.2f} s")
+            row = orchestrator.run_round(state.global_step)
+            orchestrator.record(row)
+            rows.append(row)
+            progress(f"round {state.global_step}: trl {trl_seconds[-1]:.2f} s, iterdpo {row['time/round']:.2f} s")
 
     trainer.add_callback(Interleave())
     try:

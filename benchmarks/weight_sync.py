@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.data import load_prompts
     from iterdpo.models import resolve_model
     from iterdpo.runtime import init_ray
-    from iterdpo.samples import Sampling
+    from iterdpo.records import Sampling
 
     torch.set_num_threads(args.threads)  # before vLLM freezes it
     cfg = Config()

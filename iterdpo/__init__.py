@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from iterdpo.config import Config
@@ -30,25 +30,24 @@ def run(
     config: "Config | Mapping[str, Any] | str | Path",
     schedule: "Schedule | None" = None,
     run_dir: str | Path | None = None,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
 ) -> RunResult:
-    """Runs every round of `config` (a Config, a dict like a YAML file, or a YAML path) and returns the metrics."""
-    import time
-
-    from iterdpo.config import Config, config_from_dict, load_config
+    """Runs every round of `config` (a Config, a dict like a YAML file, or a YAML path), with dotted `overrides`
+    applied, and returns the metrics. Without `run_dir` the run gets a new folder under `run.runs_dir`; a `run_dir`
+    that holds an interrupted run is resumed (pass the same schedule again: a Python schedule is not saved)."""
+    from iterdpo.config import Config, check_schedule_length, config_from_dict, load_config, with_overrides
     from iterdpo.orchestrator import Orchestrator
+    from iterdpo.rundir import new_run_dir
 
     if isinstance(config, Config):
-        cfg = config
+        cfg, stem = with_overrides(config, overrides), "run"
     elif isinstance(config, Mapping):
-        cfg = config_from_dict(dict(config), list(overrides))
+        cfg, stem = config_from_dict(config, overrides), "run"
     else:
-        cfg = load_config(config, list(overrides))
-    if schedule is not None and len(schedule.rounds) > cfg.run.rounds:
-        from iterdpo.config import ConfigError
-
-        raise ConfigError(f"schedule: {len(schedule.rounds)} rounds for run.rounds={cfg.run.rounds}")
-    target = Path(run_dir) if run_dir else Path(cfg.run.runs_dir) / time.strftime("%Y%m%d-%H%M%S")
+        cfg, stem = load_config(config, overrides), Path(config).stem
+    if schedule is not None:
+        check_schedule_length(len(schedule.rounds), cfg.run.rounds)
+    target = Path(run_dir) if run_dir else new_run_dir(Path(cfg.run.runs_dir), stem)
     orchestrator = Orchestrator(cfg, target, schedule)
     try:
         rows = orchestrator.run()

@@ -53,7 +53,8 @@ import torch
 from torch.func import functional_call, jvp, vjp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from iterdpo.losses import LossParams
+from iterdpo.loss_params import LossParams
+from iterdpo.sequences import TokenBatch, sequence_logprobs
 
 # log-probs of a fixed batch of responses, shape [M], as a function of a {name: tensor} parameter dict.
 LogpFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
@@ -286,3 +287,46 @@ class AuxDeltas:
             "auxdpo/delta_std": deltas.std().item() if deltas.numel() > 1 else 0.0,
             "auxdpo/delta_abs_max": deltas.abs().max().item() if deltas.numel() else 0.0,
         }
+
+
+# -- the learner's hook ------------------------------------------------------------------------------------------
+
+
+class AuxDpoTraining:
+    """AuxDPO's training-time state for one round, as the learner's `iterdpo.losses.TrainingHook`: the deltas of the
+    round's pairs, fed to the loss batch by batch, and the soft null-space penalty (form (b)) added to it.
+
+    A's rows are gradients of the *reference* log-probs; the reference is the round-start policy, so the trainable
+    parameters' round-start values are snapshotted once per round (form (ii): 538 MB for the 135M policy) and the
+    penalty's vjp/jvp run at those values through `functional_call` — no resident reference model. Both go with
+    this object at the end of the round.
+    """
+
+    def __init__(self, module: torch.nn.Module, num_pairs: int, params: LossParams, device: torch.device) -> None:
+        self.module = module
+        self.params = params
+        self.reference = snapshot(module)
+        self.deltas = AuxDeltas.from_params(num_pairs, params, device=device)
+        self._batch_deltas: torch.Tensor | None = None
+
+    def batch_inputs(self, index: list[int]) -> dict[str, torch.Tensor]:
+        chosen, rejected = self.deltas.values(index)
+        self._batch_deltas = torch.cat([chosen, rejected])  # the learner's order: B chosen, then B rejected
+        return {"delta_chosen": chosen, "delta_rejected": rejected}
+
+    def penalty(self, tokens: TokenBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        def reference_logps(values: dict[str, torch.Tensor]) -> torch.Tensor:
+            return sequence_logprobs(bind(self.module, values), tokens)
+
+        return auxdpo_regulariser(reference_logps, self.reference, self._batch_deltas, self.params.aux_lambda_null,
+                                  self.params.aux_lambda_amp)
+
+    def step_applied(self) -> None:
+        self.deltas.step()
+
+    def step_refused(self) -> None:
+        """A refused step leaves nothing behind: the deltas' gradients from its backward pass go too."""
+        self.deltas.optimizer.zero_grad(set_to_none=True)
+
+    def metrics(self) -> dict[str, float]:
+        return self.deltas.stats()

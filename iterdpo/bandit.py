@@ -40,7 +40,8 @@ from typing import Callable, Sequence
 import torch
 
 from iterdpo.auxdpo import null_space_basis, reference_jacobian
-from iterdpo.losses import LossInputs, LossParams, preference_loss
+from iterdpo.loss_params import LossParams
+from iterdpo.losses import LossInputs, preference_loss
 
 FEATURES = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)  # phi: pi_t = softmax(t * phi)
 PAIRS = ((0, 1), (0, 2), (1, 2))  # the order of `counts`

@@ -7,7 +7,6 @@ and the same sequences are scored again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +14,11 @@ import ray
 
 from actors.generator import Generator
 from iterdpo.checkpoints import RunFiles
-from iterdpo.config import ConfigError, config_from_dict
+from iterdpo.errors import ConfigError
 from iterdpo.models import resolve_model
+from iterdpo.records import Sampling
+from iterdpo.rundir import saved_config
 from iterdpo.runtime import actor_env, init_ray
-from iterdpo.samples import Sampling
 
 
 @dataclass
@@ -33,10 +33,7 @@ class Ranked:
 def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None = None,
               beta: float | None = None, seed: int = 0) -> list[list[Ranked]]:
     """For each prompt, its N samples from the run's saved policy, best first. The reference is pi0."""
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"'{run_dir}' is not a run directory (expected config.json)")
-    cfg = config_from_dict(json.loads(config_file.read_text(encoding="utf-8")))
+    cfg = saved_config(run_dir, needs_metrics=False)
     files = RunFiles(run_dir)
     policy = files.checkpoint(round_index) if round_index is not None else files.latest_checkpoint(upto=10**9)
     if policy is None or not policy.is_dir():

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 
-from iterdpo.config import ConfigError, load_config
+from iterdpo.config import Config, load_config
+from iterdpo.errors import ConfigError, RunError
+from iterdpo.atomic import atomic_folder
+from iterdpo.rundir import check_new, new_run_dir, saved_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,36 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _new_run_dir(root: Path, stem: str) -> Path:
-    base = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
-    candidate, suffix = base, 1
-    while candidate.exists():
-        candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1
-    return candidate
-
-
 def run_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else _new_run_dir(Path(cfg.run.runs_dir), Path(args.config).stem)
-    if (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(f"--run-dir '{run_dir}' already holds a run (use `iterdpo resume {run_dir}`)")
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path(cfg.run.runs_dir), Path(args.config).stem)
+    check_new(run_dir)
     return _run(cfg, run_dir)
 
 
 def resume_command(args: argparse.Namespace) -> int:
-    from iterdpo.config import config_from_dict
-
-    config_file = args.run_dir / "config.json"
-    if not (args.run_dir / "metrics.jsonl").is_file() or not config_file.is_file():
-        raise ConfigError(f"'{args.run_dir}' is not a run directory (expected config.json and metrics.jsonl)")
-    return _run(config_from_dict(json.loads(config_file.read_text(encoding="utf-8"))), args.run_dir)
+    return _run(saved_config(args.run_dir), args.run_dir)
 
 
-def _run(cfg, run_dir: Path) -> int:
+def _run(cfg: Config, run_dir: Path) -> int:
     # Heavy imports (ray, the actors) only once the config is known to be valid.
     from ray.exceptions import RayError, RayTaskError
 
-    from iterdpo.orchestrator import Orchestrator, RunError
+    from iterdpo.orchestrator import Orchestrator
 
     try:
         orchestrator = Orchestrator(cfg, run_dir)
@@ -102,12 +89,8 @@ def export_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"export: no saved policy for {wanted} (kept checkpoints: {kept})")
     if args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"export: '{args.out}' exists and is not empty")
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    if args.out.exists():
-        args.out.rmdir()
-    tmp.rename(args.out)
+    with atomic_folder(args.out) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
     print(f"exported {source.name} to {args.out}")
     return 0
 

@@ -1,93 +1,109 @@
 """Typed run configuration: the one source of defaults.
 
-A config is a tree of frozen dataclasses grouped by role. YAML files and dotted ``key=value`` overrides are
-merged into plain dicts first and then converted in one pass that checks every key and type, so a bad value
-fails at load time with a message naming the field, never deep inside an actor.
+A config is a tree of frozen dataclasses grouped by role; each field's annotation carries its constraints
+(`iterdpo.typed`). YAML files and dotted ``key=value`` overrides are merged into plain dicts first and then
+converted in one pass that checks every key and value, so a bad value fails at load time with one line naming the
+field, never deep inside an actor. Checks that span fields sit in each section's `validate()`; checks that span
+sections (resources, the schedule) at the end of this file.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
 import logging
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from iterdpo.errors import ConfigError
+from iterdpo.loss_params import LOSS_NAMES, NEEDS_SECOND_EPOCH, SINGLE_LEARNER_LOSSES, LossParams
+from iterdpo.scorers.specs import ScorerSpec
+from iterdpo.typed import (Checked, Fraction, Invalid, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                           build, did_you_mean, unknown_key)
 
-class ConfigError(ValueError):
-    """A user error in a config file or override; the CLI prints it as one line."""
+__all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "round_settings"]
+
+log = logging.getLogger("iterdpo")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Checked):
     # "builtin:smollm2-135m-instruct", "builtin:tiny-qwen2", or a Hugging Face model folder.
     path: str = "builtin:smollm2-135m-instruct"
     trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Checked):
     # "builtin:rotten-tomatoes" (review prefixes), a text file with one prompt per line, or a .jsonl file with
     # one object per line whose `prompt_field` holds the prompt.
     prompts: str = "builtin:rotten-tomatoes"
     prompt_field: str = "prompt"
-    prompts_per_round: int = 32
-    eval_prompts: int = 16
-    prefix_words: int = 8
+    prompts_per_round: PositiveInt = 32
+    eval_prompts: PositiveInt = 16
+    prefix_words: PositiveInt = 8
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(Checked):
     # vLLM engines, each with these resources; a phase's prompts are split into contiguous shards across them.
-    replicas: int = 1
-    num_cpus: float = 0.5
-    num_gpus: float = 0.0
-    dtype: str = "float32"
-    max_model_len: int = 256
-    kv_cache_gib: float = 1.0
+    replicas: PositiveInt = 1
+    num_cpus: NonNegativeFloat = 0.5
+    num_gpus: NonNegativeFloat = 0.0
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    max_model_len: PositiveInt = 256
+    kv_cache_gib: PositiveFloat = 1.0
     gpu_memory_utilization: float = 0.3
     enforce_eager: bool = True
-    temperature: float = 1.0
+    temperature: NonNegativeFloat = 1.0
     top_p: float = 1.0
-    max_new_tokens: int = 48
-    eval_samples_per_prompt: int = 4
+    max_new_tokens: PositiveInt = 48
+    eval_samples_per_prompt: PositiveInt = 4
+
+    def validate(self) -> None:
+        if self.max_new_tokens >= self.max_model_len:
+            raise Invalid("max_new_tokens", f"expected less than generator.max_model_len={self.max_model_len}, "
+                                            f"got {self.max_new_tokens}")
 
 
-def _default_scorers() -> list[dict[str, Any]]:
+def _default_scorers() -> list[ScorerSpec]:
     # The review classifier trains; VADER (weight 0) is a second opinion logged for judge agreement only.
-    return [{"kind": "sentiment", "weight": 1.0}, {"kind": "vader", "weight": 0.0}]
+    return [ScorerSpec("sentiment", weight=1.0), ScorerSpec("vader", weight=0.0)]
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
-    # Weighted scorers (see iterdpo/scorers/spec.py for kinds and options); the reward is their weighted sum.
-    scorers: list[dict[str, Any]] = field(default_factory=_default_scorers)
+class JudgeConfig(Checked):
+    # Weighted scorers (see iterdpo/scorers/specs.py for kinds and options); the reward is their weighted sum.
+    scorers: list[ScorerSpec] = field(default_factory=_default_scorers)
     # Annotates each training sample's safety (1 - P(toxic)) for safety-aware losses such as safedpo.
     annotate_safety: bool = True
-    num_cpus: float = 0.5
+    num_cpus: NonNegativeFloat = 0.5
+
+    def validate(self) -> None:
+        if not self.scorers:
+            raise Invalid("scorers", "expected at least one scorer, e.g. [{kind: sentiment}]")
 
 
 @dataclass(frozen=True)
-class SafetyConfig:
+class SafetyConfig(Checked):
     """The safety evaluation of every round, on prompts never used for training (0 prompts turns a part off)."""
 
-    harmful_source: str = "advbench"
-    harmful_prompts: int = 16
-    toxicity_prompts: int = 16
-    benign_prompts: int = 16
-    max_new_tokens: int = 48
-    toxicity_threshold: float = 0.5
+    harmful_source: Literal["advbench", "harmbench", "donotanswer"] = "advbench"
+    harmful_prompts: NonNegativeInt = 16
+    toxicity_prompts: NonNegativeInt = 16
+    benign_prompts: NonNegativeInt = 16
+    max_new_tokens: PositiveInt = 48
+    toxicity_threshold: NonNegativeFloat = 0.5
 
 
 @dataclass(frozen=True)
-class PairsConfig:
-    strategy: str = "best_vs_worst"
-    min_margin: float = 0.0
+class PairsConfig(Checked):
+    strategy: Literal["best_vs_worst", "best_vs_random", "all_above_margin"] = "best_vs_worst"
+    min_margin: NonNegativeFloat = 0.0
     length_normalize: bool = False
 
 
@@ -96,57 +112,78 @@ def _default_lora_targets() -> list[str]:
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(Checked):
     """LoRA adapters (peft) instead of full fine-tuning: only the adapter trains, the base weights stay frozen."""
 
-    rank: int = 0  # 0: full fine-tuning
-    alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
-    dropout: float = 0.0
+    rank: NonNegativeInt = 0  # 0: full fine-tuning
+    alpha: PositiveFloat = 16.0  # the adapter's output is scaled by alpha / rank
+    dropout: Fraction = 0.0
     # Names of the linear layers that get an adapter, or "all-linear" (every linear layer but the output head).
     target_modules: list[str] | str = field(default_factory=_default_lora_targets)
 
+    def validate(self) -> None:
+        targets = self.target_modules
+        if (isinstance(targets, str) and targets != "all-linear") or not targets or not all(targets):
+            raise Invalid("target_modules", f"expected 'all-linear' or a list of layer names such as "
+                                            f"[q_proj, v_proj], got {targets!r}")
+
 
 @dataclass(frozen=True)
-class LearnerConfig:
+class LearnerConfig(Checked):
     # Learner processes forming one DeepSpeed data-parallel group, each with these resources. micro_batch_size
     # stays the number of pairs per optimizer step (the global batch): each rank takes a contiguous share of it.
-    replicas: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    zero_stage: int = 2
-    micro_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
+    replicas: PositiveInt = 1
+    num_cpus: NonNegativeFloat = 1.0
+    num_gpus: NonNegativeFloat = 0.0
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    micro_batch_size: PositiveInt = 8
+    gradient_accumulation_steps: PositiveInt = 1
+    max_grad_norm: NonNegativeFloat = 1.0
+    weight_decay: NonNegativeFloat = 0.0
     bf16: bool = False
-    torch_threads: int = 2
+    torch_threads: PositiveInt = 2
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    def validate(self) -> None:
+        if self.lora.rank and self.zero_stage == 3:
+            raise Invalid("lora.rank", "LoRA needs learner.zero_stage 0, 1 or 2, got 3 (the adapter is merged into "
+                                       "whole, unpartitioned weights)")
+
 
 @dataclass(frozen=True)
-class SyncConfig:
-    parity_tolerance: float = 2e-3
-    probe_sequences: int = 4
+class SyncConfig(Checked):
+    parity_tolerance: PositiveFloat = 2e-3
+    probe_sequences: PositiveInt = 4
 
 
 @dataclass(frozen=True)
-class RoundConfig:
+class RoundConfig(Checked):
     """Settings that may change from round to round; `schedule` entries override these."""
 
-    loss: str = "dpo"
-    beta: float = 0.1
-    learning_rate: float = 2e-5
-    epochs: int = 1
-    samples_per_prompt: int = 4
+    loss: Literal[LOSS_NAMES] = "dpo"
+    beta: PositiveFloat = 0.1
+    learning_rate: PositiveFloat = 2e-5
+    epochs: PositiveInt = 1
+    samples_per_prompt: PositiveInt = 4
     # refresh: the policy at the round's start; fixed: pi0; ema: an exponential moving average of past policies.
-    reference: str = "refresh"
-    ema_rate: float = 0.5  # ema: weight of the previous average when a round's policy is folded in
-    # Hyper-parameters of the loss beyond beta, by name: see `iterdpo.losses.LossParams` (e.g. eps, alpha_safe).
+    reference: Literal["refresh", "fixed", "ema"] = "refresh"
+    ema_rate: Fraction = 0.5  # ema: weight of the previous average when a round's policy is folded in
+    # Hyper-parameters of the loss beyond beta, by name: see `iterdpo.loss_params.LossParams` (e.g. eps, alpha_safe).
     loss_params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        names = [f.name for f in dataclasses.fields(LossParams) if f.name != "beta"]
+        for key in self.loss_params:
+            if key not in names:
+                raise Invalid(f"loss_params.{key}", f"unknown loss parameter{did_you_mean(key, names)}")
+        try:
+            LossParams(beta=self.beta, **self.loss_params)
+        except (TypeError, ValueError) as err:
+            raise Invalid("loss_params", str(err)) from None
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(Checked):
     """Safety gate: a round that breaks a threshold is rejected and the policy rolled back (null = no check).
 
     Drops and rises are in absolute rate points (0.1 = 10 points), against round 0 or the last accepted round.
@@ -157,38 +194,38 @@ class GateConfig:
     max_toxicity_rise: float | None = None
     max_over_refusal_rise: float | None = None
     max_reward_drop: float | None = None  # eval/reward_mean
-    baseline: str = "last_accepted"
-    on_reject: str = "continue"
+    baseline: Literal["initial", "last_accepted"] = "last_accepted"
+    on_reject: Literal["continue", "stop"] = "continue"
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    rounds: int = 3
+class RunConfig(Checked):
+    rounds: PositiveInt = 3
     seed: int = 0
     runs_dir: str = "runs"
     # Score each round's pairs under pi0 too: cumulative drift and KL to the initial policy.
     track_pi0: bool = True
-    keep_checkpoints: int = 1
+    keep_checkpoints: PositiveInt = 1
     # Log an alarm when the chosen log-prob has fallen this many rounds in a row.
-    alarm_rounds: int = 2
+    alarm_rounds: PositiveInt = 2
     # CPUs Ray may use when it starts a local node; 0 lets Ray count them. Ignored on an existing cluster.
-    num_cpus: float = 2.0
+    num_cpus: NonNegativeFloat = 2.0
 
 
 @dataclass(frozen=True)
-class FaultsConfig:
+class FaultsConfig(Checked):
     """What a run survives without stopping."""
 
     # Times Ray restarts each actor that dies; the orchestrator puts the restarted actor's state back (weights,
     # round-start optimizer state) and redoes the interrupted phase. Past this many, the run stops.
-    max_actor_restarts: int = 3
+    max_actor_restarts: NonNegativeInt = 3
     # Optimizer steps per round refused for a non-finite loss or gradient; one more and the round is rolled back
     # to its start weights and rejected.
-    max_refused_steps: int = 2
+    max_refused_steps: NonNegativeInt = 2
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(Checked):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -207,207 +244,73 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "safety.harmful_source": ("advbench", "harmbench", "donotanswer"),
-    "pairs.strategy": ("best_vs_worst", "best_vs_random", "all_above_margin"),
-    "round.reference": ("refresh", "fixed", "ema"),
-    "gate.baseline": ("initial", "last_accepted"),
-    "gate.on_reject": ("continue", "stop"),
-    "generator.dtype": ("float32", "bfloat16", "float16", "auto"),
-    "learner.zero_stage": (0, 1, 2, 3),
-}
-_POSITIVE = {
-    "data.prompts_per_round", "data.eval_prompts", "data.prefix_words", "generator.max_model_len",
-    "generator.kv_cache_gib", "generator.max_new_tokens", "generator.eval_samples_per_prompt",
-    "generator.replicas", "learner.replicas",
-    "learner.micro_batch_size", "learner.gradient_accumulation_steps", "learner.torch_threads", "learner.lora.alpha",
-    "safety.max_new_tokens", "sync.parity_tolerance", "sync.probe_sequences", "round.beta", "round.learning_rate", "round.epochs",
-    "round.samples_per_prompt", "run.rounds", "run.keep_checkpoints", "run.alarm_rounds",
-}
-_NON_NEGATIVE = {
-    "generator.num_cpus", "generator.num_gpus", "judge.num_cpus", "learner.num_cpus", "learner.num_gpus",
-    "safety.harmful_prompts", "safety.toxicity_prompts", "safety.benign_prompts", "safety.toxicity_threshold",
-    "generator.temperature", "learner.max_grad_norm", "learner.weight_decay", "pairs.min_margin", "run.num_cpus",
-    "faults.max_actor_restarts", "faults.max_refused_steps", "learner.lora.rank",
-}
+# -- rules across sections ---------------------------------------------------------------------------------------
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Checks `value` against the annotation `tp`; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {type(value).__name__}")
-        return _build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_convert(item, item_tp, f"{where}[{i}]") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is bool or tp is int:
-        if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    if not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            dotted = f"{prefix}.{key}" if prefix else str(key)
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{dotted}'{hint}")
-    kwargs = {}
-    for name in names:
-        if name in data:
-            dotted = f"{prefix}.{name}" if prefix else name
-            kwargs[name] = _convert(data[name], hints[name], dotted)
-    return cls(**kwargs)
-
-
-def _check_loss(settings: RoundConfig, label: str) -> None:
-    from iterdpo.losses import LOSS_NAMES, LossParams
-
-    if settings.loss not in LOSS_NAMES:
-        raise ConfigError(f"{label}.loss: expected one of {list(LOSS_NAMES)}, got {settings.loss!r}")
-    names = [f.name for f in dataclasses.fields(LossParams) if f.name != "beta"]
-    for key in settings.loss_params:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{label}.loss_params.{key}'{hint}")
-    try:
-        LossParams(beta=settings.beta, **settings.loss_params)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{label}.loss_params: {err}") from None
-    if settings.loss == "auxdpo" and settings.epochs == 1:
-        # A pair's deltas start at zero and move only after that pair's own step, so one pass over the pairs
-        # trains the policy exactly as DPO would.
-        logging.getLogger("iterdpo").warning(
-            "%s: loss auxdpo with epochs 1 trains as plain DPO (the auxiliary deltas act from the second epoch); "
-            "set %s.epochs >= 2", label, label)
-
-
-def _check_section(group: str, section: Any, label: str) -> None:
-    for field_ in dataclasses.fields(section):
-        dotted = f"{group}.{field_.name}"
-        value = getattr(section, field_.name)
-        where = f"{label}.{field_.name}"
-        if value is None:
-            continue
-        if dotted in _POSITIVE and value <= 0:
-            raise ConfigError(f"{where}: expected a value > 0, got {value!r}")
-        if dotted in _NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{where}: expected a value >= 0, got {value!r}")
-        if dotted in _CHOICES and value not in _CHOICES[dotted]:
-            raise ConfigError(f"{where}: expected one of {list(_CHOICES[dotted])}, got {value!r}")
-    if group == "round":
-        _check_loss(section, label)
-        if not 0.0 <= section.ema_rate < 1.0:
-            raise ConfigError(f"{label}.ema_rate: expected a value in [0, 1), got {section.ema_rate!r}")
-
-
-def apply_round_overrides(settings: RoundConfig, overrides: dict[str, Any], label: str) -> RoundConfig:
+def apply_round_overrides(cfg: Config, settings: RoundConfig, overrides: Mapping[str, Any], label: str
+                          ) -> RoundConfig:
     """`settings` with the keys of `overrides` replaced, checked like a config file (`label` names the source)."""
-    _build(RoundConfig, overrides, label)  # names the entry's own unknown keys and wrong types
-    updated = _build(RoundConfig, {**dataclasses.asdict(settings), **overrides}, label)
-    _check_section("round", updated, label)
+    names = [f.name for f in dataclasses.fields(RoundConfig)]
+    for key in overrides:
+        if key not in names:
+            raise unknown_key(key, names, label)
+    updated = build(RoundConfig, {**dataclasses.asdict(settings), **overrides}, label)
+    if cfg.learner.replicas > 1 and updated.loss in SINGLE_LEARNER_LOSSES:
+        raise ConfigError(f"learner.replicas: {updated.loss} trains per-pair deltas on one learner; expected 1 with it "
+                          f"({label}), got {cfg.learner.replicas}")
     return updated
 
 
-def round_settings(cfg: Config, index: int) -> RoundConfig:
-    """The settings of round `index` (0-based) from the config alone: `round` overridden by `schedule` entries up
-    to `index`, each value carrying over to later rounds until another entry changes it."""
-    settings = cfg.round
-    for position, entry in enumerate(cfg.schedule[: index + 1]):
-        settings = apply_round_overrides(settings, entry, f"schedule[{position}]")
+def round_settings(cfg: Config, entries: Sequence[Mapping[str, Any]], index: int) -> RoundConfig:
+    """The settings of round `index` (1-based): `cfg.round` overridden by `entries[:index]` in order, each value
+    carrying over to later rounds until another entry changes it. Every entry is checked like a config file."""
+    check_schedule_length(len(entries), cfg.run.rounds)
+    settings = apply_round_overrides(cfg, cfg.round, {}, "round")
+    for position, entry in enumerate(entries[:index]):
+        settings = apply_round_overrides(cfg, settings, entry, f"schedule[{position}]")
     return settings
 
 
-def _check_scorers(cfg: JudgeConfig) -> None:
-    from iterdpo.scorers.spec import spec_from_dict
-
-    if not cfg.scorers:
-        raise ConfigError("judge.scorers: expected at least one scorer, e.g. [{kind: sentiment}]")
-    from iterdpo.scorers.spec import function_scorer
-
-    for position, entry in enumerate(cfg.scorers):
-        options = spec_from_dict(entry, f"judge.scorers[{position}]").parsed_options()
-        if entry.get("kind") == "function":
-            function_scorer(options.path)  # a typo in the import path fails here, not inside the judge actor
+def check_schedule_length(entries: int, rounds: int) -> None:
+    if entries > rounds:
+        raise ConfigError(f"schedule: {entries} entries for run.rounds={rounds}")
 
 
-def _check_lora(cfg: LearnerConfig) -> None:
-    _check_section("learner.lora", cfg.lora, "learner.lora")
-    if not 0.0 <= cfg.lora.dropout < 1.0:
-        raise ConfigError(f"learner.lora.dropout: expected a value in [0, 1), got {cfg.lora.dropout!r}")
-    targets = cfg.lora.target_modules
-    if (isinstance(targets, str) and targets != "all-linear") or not targets or not all(targets):
-        raise ConfigError(f"learner.lora.target_modules: expected 'all-linear' or a list of layer names such as "
-                          f"[q_proj, v_proj], got {targets!r}")
-    if cfg.lora.rank and cfg.zero_stage == 3:
-        raise ConfigError("learner.lora.rank: LoRA needs learner.zero_stage 0, 1 or 2, got 3 (the adapter is merged "
-                          "into whole, unpartitioned weights)")
+def warn_ineffective(settings: RoundConfig, label: str) -> None:
+    """Settings that run but cannot do what their loss is for."""
+    if settings.loss in NEEDS_SECOND_EPOCH and settings.epochs == 1:
+        log.warning("%s: loss %s with epochs 1 trains as plain DPO (its auxiliary deltas act from the second epoch); "
+                    "set epochs >= 2", label, settings.loss)
 
 
-def _check_ranges(cfg: Config) -> None:
-    for group in ("data", "generator", "judge", "safety", "pairs", "learner", "sync", "round", "gate", "run"):
-        _check_section(group, getattr(cfg, group), group)
-    _check_lora(cfg.learner)
-    _check_scorers(cfg.judge)
-    if len(cfg.schedule) > cfg.run.rounds:
-        raise ConfigError(f"schedule: {len(cfg.schedule)} entries for run.rounds={cfg.run.rounds}")
-    losses = {cfg.round.loss} | {round_settings(cfg, index).loss for index in range(len(cfg.schedule))}
-    if cfg.learner.replicas > 1 and "auxdpo" in losses:
-        raise ConfigError(f"learner.replicas: auxdpo trains per-pair deltas on one learner; expected 1 with it, got "
-                          f"{cfg.learner.replicas}")
-    wanted = actor_cpus(cfg)
-    if cfg.run.num_cpus and wanted > cfg.run.num_cpus:
-        raise ConfigError(f"actor resources: generator, judge and learner ask for {wanted:g} CPUs in all, more than "
-                          f"run.num_cpus={cfg.run.num_cpus:g} (lower generator/judge/learner.num_cpus or replicas)")
-    if cfg.generator.max_new_tokens >= cfg.generator.max_model_len:
-        raise ConfigError(f"generator.max_new_tokens: expected less than generator.max_model_len="
-                          f"{cfg.generator.max_model_len}, got {cfg.generator.max_new_tokens}")
+def actor_resources(cfg: Config) -> dict[str, float]:
+    """CPUs and GPUs all actors ask Ray for: every replica of the generator and learner groups, and the judge."""
+    return {
+        "CPU": cfg.generator.replicas * cfg.generator.num_cpus + cfg.judge.num_cpus
+        + cfg.learner.replicas * cfg.learner.num_cpus,
+        "GPU": cfg.generator.replicas * cfg.generator.num_gpus + cfg.learner.replicas * cfg.learner.num_gpus,
+    }
 
 
-def actor_cpus(cfg: Config) -> float:
-    """CPUs all actors ask Ray for: every replica of the generator and learner groups, and the judge."""
-    return (cfg.generator.replicas * cfg.generator.num_cpus + cfg.judge.num_cpus
-            + cfg.learner.replicas * cfg.learner.num_cpus)
+def check_resources(cfg: Config, available: Mapping[str, float], source: str) -> None:
+    """Actors that can never be placed would wait forever: refuse a config asking for more than `available`.
+    `source` names whose resources those are, with `{have}` where the amount goes, e.g. "run.num_cpus={have}"."""
+    for resource, amount in actor_resources(cfg).items():
+        have = available.get(resource, 0.0)
+        if amount > have + 1e-9:
+            raise ConfigError(
+                f"actor resources: generator, judge and learner ask for {amount:g} {resource}s in all, more than "
+                f"{source.format(have=f'{have:g}')} (lower generator/judge/learner.num_{resource.lower()}s or replicas)")
 
 
-def actor_gpus(cfg: Config) -> float:
-    return cfg.generator.replicas * cfg.generator.num_gpus + cfg.learner.replicas * cfg.learner.num_gpus
+def _check_across_sections(cfg: Config) -> None:
+    if cfg.run.num_cpus:
+        check_resources(cfg, {"CPU": cfg.run.num_cpus, "GPU": math.inf}, "run.num_cpus={have}")
+    for index in range(len(cfg.schedule) + 1):
+        warn_ineffective(round_settings(cfg, cfg.schedule, index), f"schedule[{index - 1}]" if index else "round")
+
+
+# -- loading -----------------------------------------------------------------------------------------------------
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -451,23 +354,20 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> Config:
-    tree = _deep_copy(data)
+def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    tree = copy.deepcopy(dict(data))
     for text in overrides:
         path, value = parse_override(text)
         _apply_override(tree, path, value)
-    cfg = _build(Config, tree)
-    _check_ranges(cfg)
+    cfg = build(Config, tree)
+    _check_across_sections(cfg)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     return config_from_dict(read_yaml(Path(path)), overrides)
 
 
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {key: _deep_copy(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(value) for value in data]
-    return data
+def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """`cfg` with dotted overrides applied, checked like a loaded file."""
+    return config_from_dict(cfg.to_dict(), overrides) if overrides else cfg

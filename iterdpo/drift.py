@@ -19,14 +19,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 
-
-@dataclass
-class PairScores:
-    chosen: list[float]  # summed log-prob of each pair's chosen response
-    rejected: list[float]
-    tokens: list[list[float]]  # per-token log-probs of the chosen responses, then of the rejected ones
+from iterdpo.records import PairLogps
 
 
 def _diffs(a: list[float], b: list[float]) -> list[float]:
@@ -37,7 +31,7 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def kl_estimates(sampler: PairScores, other: PairScores) -> tuple[float, float]:
+def kl_estimates(sampler: PairLogps, other: PairLogps) -> tuple[float, float]:
     """(k1, k3) estimates of KL(sampler || other) per response, on responses drawn from `sampler`."""
     log_ratios = _diffs(other.chosen, sampler.chosen) + _diffs(other.rejected, sampler.rejected)
     k1 = _mean([-lr for lr in log_ratios])
@@ -47,7 +41,7 @@ def kl_estimates(sampler: PairScores, other: PairScores) -> tuple[float, float]:
     return k1, k3
 
 
-def drift_metrics(ref: PairScores, start: PairScores, after: PairScores, pi0: PairScores | None,
+def drift_metrics(ref: PairLogps, start: PairLogps, after: PairLogps, pi0: PairLogps | None,
                   beta: float) -> dict[str, float]:
     """`start` is the round-start policy: the same as `ref` in the default refresh mode."""
     chosen = _diffs(after.chosen, ref.chosen)
@@ -70,7 +64,7 @@ def drift_metrics(ref: PairScores, start: PairScores, after: PairScores, pi0: Pa
     return metrics
 
 
-def _margins(ref: PairScores, policy: PairScores, beta: float, when: str) -> dict[str, float]:
+def _margins(ref: PairLogps, policy: PairLogps, beta: float, when: str) -> dict[str, float]:
     """Implicit-reward margins beta * (log-ratio of chosen - log-ratio of rejected) and the share above zero."""
     margins = [beta * ((pc - rc) - (pr - rr))
                for pc, rc, pr, rr in zip(policy.chosen, ref.chosen, policy.rejected, ref.rejected)]

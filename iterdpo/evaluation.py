@@ -17,8 +17,8 @@ import ray
 
 from iterdpo import safety_data
 from iterdpo.config import SafetyConfig
-from iterdpo.samples import Sample, Sampling
-from iterdpo.scorers import JudgeResult
+from iterdpo.records import Sample, Sampling
+from iterdpo.scorers.combine import JudgeResult
 
 _HARMFUL = {
     "advbench": safety_data.advbench_prompts,

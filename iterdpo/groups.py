@@ -21,14 +21,15 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from actors.generator import Generator
-from actors.learner import Learner, PairLogps, Rank, TrainResult, shard_bounds
-from iterdpo.config import GeneratorConfig, LearnerConfig
-from iterdpo.samples import Sample, Sampling
+from actors.learner import Learner, Rank
+from iterdpo.config import GeneratorConfig, LearnerConfig, RoundConfig
+from iterdpo.records import PairLogps, Sample, Sampling, TrainResult
+from iterdpo.seeds import shard_seed
+from iterdpo.sharding import shard_bounds
 
 log = logging.getLogger("iterdpo")
 
 PLACEMENT_TIMEOUT_S = 60.0  # a placement group not ready by then cannot be placed on this cluster as it is
-SHARD_SEED_STRIDE = 2**32  # shard k samples with seed + k * stride: no clash with the runs' other seeds
 
 
 class GroupError(RuntimeError):
@@ -49,13 +50,12 @@ class GeneratorGroup:
         return self.actors[0]
 
     def generate(self, prompts: list[str], sampling: Sampling) -> list[Sample]:
-        """Samples for `prompts`, in prompt order, each shard on its own generator. Shard k is sampled with seed
-        `sampling.seed + k * SHARD_SEED_STRIDE` (shard 0 with the seed itself, so one generator samples as it always
-        did). vLLM on CPU cannot seed single requests, so a prompt's samples depend on its shard's seed and
-        neighbours: a run repeats exactly for a given number of generators, not across different numbers."""
+        """Samples for `prompts`, in prompt order, each shard on its own generator, sampled with its shard seed
+        (`iterdpo.seeds.shard_seed`). vLLM on CPU cannot seed single requests, so a prompt's samples depend on its
+        shard's seed and neighbours: a run repeats exactly for a given number of generators, not across numbers."""
         bounds = shard_bounds(len(prompts), len(self.actors))
-        calls = [(lo, actor.generate.remote(prompts[lo:hi], dataclasses.replace(sampling, seed=sampling.seed + k *
-                                                                                 SHARD_SEED_STRIDE)))
+        calls = [(lo, actor.generate.remote(prompts[lo:hi], dataclasses.replace(sampling,
+                                                                                seed=shard_seed(sampling.seed, k))))
                  for k, (actor, lo, hi) in enumerate(zip(self.actors, bounds, bounds[1:])) if hi > lo]
         shards = ray.get([ref for _, ref in calls])
         return [dataclasses.replace(sample, prompt_index=sample.prompt_index + lo)
@@ -130,7 +130,7 @@ class LearnerGroup:
 
     # -- blocking calls ----------------------------------------------------------------------------------------
 
-    def train(self, pairs: ray.ObjectRef, reference: PairLogps, settings: Any, seed: int,
+    def train(self, pairs: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, seed: int,
               max_refused_steps: int) -> TrainResult:
         """Every rank trains on its share of each global batch; the result is the group's."""
         return self.results([[actor.train.remote(pairs, reference, settings, seed, max_refused_steps)

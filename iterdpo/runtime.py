@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ray
 
-from iterdpo.models import cache_dir
+from iterdpo.cache import cache_dir
 
 
 def actor_env() -> dict[str, str]:

@@ -28,8 +28,8 @@ from typing import Callable
 
 import yaml
 
-from iterdpo.config import ConfigError
-from iterdpo.data import package_data_file
+from iterdpo.errors import ConfigError
+from iterdpo.package_data import package_data_file
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader when built in: AdvBench's YAML is 4k lines
 

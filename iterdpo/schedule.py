@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from iterdpo.config import Config, RoundConfig, apply_round_overrides
+from iterdpo.config import Config, RoundConfig, apply_round_overrides, round_settings, warn_ineffective
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,21 @@ class Schedule:
     def __init__(self, rounds: Sequence[Entry] = (), adapt: Adaptive | None = None) -> None:
         self.rounds = [_overrides(entry) for entry in rounds]
         self.adapt = adapt
+        self._checked_at_load = False  # a config's own schedule: its warnings were given when it was loaded
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Schedule":
-        return cls(cfg.schedule)
+        schedule = cls(cfg.schedule)
+        schedule._checked_at_load = True
+        return schedule
 
-    def settings(self, base: RoundConfig, index: int, history: list[dict[str, Any]]) -> RoundConfig:
+    def settings(self, cfg: Config, index: int, history: list[dict[str, Any]]) -> RoundConfig:
         """Settings of round `index` (1-based) given the metrics rows of the rounds before it."""
-        settings = base
-        for position, entry in enumerate(self.rounds[:index]):
-            settings = apply_round_overrides(settings, entry, f"schedule[{position}]")
+        settings = round_settings(cfg, self.rounds, index)
         if self.adapt is not None:
             for done in range(1, index + 1):
                 adapted = _overrides(self.adapt(history[:done]))
-                settings = apply_round_overrides(settings, adapted, f"adaptive schedule before round {done}")
+                settings = apply_round_overrides(cfg, settings, adapted, f"adaptive schedule before round {done}")
+        if not self._checked_at_load or self.adapt is not None:
+            warn_ineffective(settings, f"round {index}")
         return settings

@@ -15,7 +15,8 @@ from iterdpo.auxdpo import (
     reference_jacobian,
     snapshot,
 )
-from iterdpo.losses import LossInputs, LossParams, preference_loss
+from iterdpo.loss_params import LossParams
+from iterdpo.losses import LossInputs, preference_loss
 from iterdpo.sequences import TokenBatch, collate
 
 PAIRS = 6  # 12 responses

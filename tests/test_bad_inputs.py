@@ -59,7 +59,7 @@ CASES = [
     ("reference mode", "", ["round.reference=frozen"], ["round.reference", "refresh"]),
     ("gate baseline", "", ["gate.baseline=best"], ["gate.baseline", "last_accepted"]),
     ("override syntax", "", ["round.beta"], ["expected key=value"]),
-    ("scorer kind", "judge:\n  scorers: [{kind: sentimant}]\n", [], ["scorer kind", "sentiment"]),
+    ("scorer kind", "judge:\n  scorers: [{kind: sentimant}]\n", [], ["judge.scorers[0].kind", "did you mean 'sentiment'"]),
     ("scorer option", "judge:\n  scorers: [{kind: function, options: {pth: x}}]\n", [], ["options.pth", "path"]),
     ("scorer import", "judge:\n  scorers: [{kind: function, options: {path: 'nope.mod:f'}}]\n", [],
      ["nope.mod:f", "cannot import"]),

@@ -58,10 +58,10 @@ def test_config_is_frozen():
 
 def test_schedule_values_carry_over():
     cfg = config_from_dict({"run": {"rounds": 3}, "schedule": [{"beta": 0.3}, {"learning_rate": 1e-4}]})
-    assert round_settings(cfg, 0).beta == 0.3
-    second = round_settings(cfg, 1)
+    assert round_settings(cfg, cfg.schedule, 1).beta == 0.3
+    second = round_settings(cfg, cfg.schedule, 2)
     assert second.beta == 0.3 and second.learning_rate == 1e-4
-    assert round_settings(cfg, 2) == second
+    assert round_settings(cfg, cfg.schedule, 3) == second
 
 
 def test_schedule_entries_are_validated():
@@ -83,7 +83,7 @@ def test_yaml_errors(tmp_path):
 def test_python_schedule_carries_over_and_adapts():
     from iterdpo.schedule import Round, Schedule
 
-    base = config_from_dict({}).round
+    base = config_from_dict({})
     schedule = Schedule([Round(beta=0.3), Round(learning_rate=1e-4), {"epochs": 2}])
     assert schedule.settings(base, 1, []).beta == 0.3
     third = schedule.settings(base, 3, [])
@@ -104,7 +104,7 @@ def test_python_schedule_is_validated():
     from iterdpo.schedule import Round, Schedule
 
     with pytest.raises(ConfigError, match=r"schedule\[0\].beta: expected a value > 0"):
-        Schedule([Round(beta=-1.0)]).settings(config_from_dict({}).round, 1, [])
+        Schedule([Round(beta=-1.0)]).settings(config_from_dict({}), 1, [])
 
 
 def test_replicas_are_positive_and_count_in_the_resources():
@@ -118,3 +118,30 @@ def test_replicas_are_positive_and_count_in_the_resources():
         config_from_dict({}, ["learner.replicas=2"])  # 0.5 + 0.5 + 2 x 1 on run.num_cpus=2
     with pytest.raises(ConfigError, match="learner.replicas: auxdpo trains per-pair deltas on one learner"):
         config_from_dict({"schedule": [{}, {"loss": "auxdpo"}]}, ["learner.replicas=2", "learner.num_cpus=0.5"])
+
+
+def test_overrides_apply_to_a_config_object_too():
+    from iterdpo.config import with_overrides
+
+    cfg = with_overrides(config_from_dict({}), ["round.beta=0.3", "learner.lora.rank=4"])
+    assert (cfg.round.beta, cfg.learner.lora.rank) == (0.3, 4)
+    with pytest.raises(ConfigError, match="round.beta: expected a value > 0"):
+        with_overrides(cfg, ["round.beta=-1"])
+
+
+def test_constraints_hold_however_a_section_is_made():
+    from iterdpo.config import LoraConfig, RoundConfig
+
+    with pytest.raises(ConfigError, match=r"dropout: expected a value in \[0, 1\)"):
+        LoraConfig(dropout=1.5)
+    with pytest.raises(ConfigError, match="loss: expected one of .*did you mean 'dpo'"):
+        RoundConfig(loss="dpoo")
+    assert LoraConfig(alpha=16).alpha == 16.0 and isinstance(LoraConfig(alpha=16).alpha, float)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_floats_must_be_finite(value):
+    with pytest.raises(ConfigError, match="round.beta: expected a finite number"):
+        config_from_dict({}, [f"round.beta={value}"])
+    with pytest.raises(ConfigError, match="gate.max_refusal_drop: expected"):
+        config_from_dict({}, [f"gate.max_refusal_drop={value}"])

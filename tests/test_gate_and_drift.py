@@ -3,8 +3,9 @@ import math
 import pytest
 
 from iterdpo.config import GateConfig
-from iterdpo.drift import PairScores, drift_metrics, falling_streak, kl_estimates, win_rate
+from iterdpo.drift import drift_metrics, falling_streak, kl_estimates, win_rate
 from iterdpo.gate import baseline_row, decide
+from iterdpo.records import PairLogps
 
 
 def test_gate_rejects_a_refusal_drop_beyond_the_threshold():
@@ -29,9 +30,10 @@ def test_gate_without_thresholds_accepts():
                   GateConfig()) == (True, "")
 
 
-def _scores(chosen: list[list[float]], rejected: list[list[float]]) -> PairScores:
+def _scores(chosen: list[list[float]], rejected: list[list[float]]) -> PairLogps:
     """Sequence scores summed from per-token log-probs, as the learner reports them."""
-    return PairScores(chosen=[sum(t) for t in chosen], rejected=[sum(t) for t in rejected], tokens=chosen + rejected)
+    return PairLogps(chosen=[sum(t) for t in chosen], rejected=[sum(t) for t in rejected], weights_hash="",
+                     tokens=chosen + rejected)
 
 
 def test_drift_metrics_hand_computed():

@@ -9,9 +9,9 @@ import pytest
 import ray
 
 from iterdpo.config import load_config
-from iterdpo.groups import SHARD_SEED_STRIDE
+from iterdpo.seeds import SHARD_STRIDE
 from iterdpo.orchestrator import Orchestrator
-from iterdpo.samples import Sampling
+from iterdpo.records import Sampling
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def group_run(ray_session, tmp_path_factory):
         prompts = orchestrator.prompts.for_round(0, 5)
         sampling = Sampling(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=11)
         samples = orchestrator.generators.generate(prompts, sampling)
-        second = dataclasses.replace(sampling, seed=sampling.seed + SHARD_SEED_STRIDE)
+        second = dataclasses.replace(sampling, seed=sampling.seed + SHARD_STRIDE)
         return {
             "rows": rows,
             "sizes": (len(orchestrator.generators.actors), len(orchestrator.learners.actors)),

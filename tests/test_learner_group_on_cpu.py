@@ -13,7 +13,7 @@ from iterdpo.config import LearnerConfig, RoundConfig
 from iterdpo.groups import LearnerGroup
 from iterdpo.models import resolve_model
 from iterdpo.runtime import actor_env
-from iterdpo.samples import Pair
+from iterdpo.records import Pair
 from iterdpo.weights import read_weights
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from actors.learner import Learner
 from iterdpo.config import LearnerConfig, LoraConfig, RoundConfig
 from iterdpo.models import resolve_model
 from iterdpo.runtime import actor_env
-from iterdpo.samples import Pair
+from iterdpo.records import Pair
 from iterdpo.weights import hash_state, read_weights
 
 pytestmark = pytest.mark.slow

@@ -283,3 +283,21 @@ def test_missing_inputs_are_named():
 def test_params_are_validated(field, value):
     with pytest.raises(ValueError, match=f"LossParams.{field}"):
         LossParams(**{field: value})
+
+
+def test_the_loss_table_holds_exactly_the_names_a_config_accepts():
+    from iterdpo.losses import LOSSES
+
+    assert tuple(LOSSES) == LOSS_NAMES
+
+
+def test_a_config_loads_without_torch_or_the_runtimes():
+    """Loss names, parameters and scorer specs are checked at load time without importing what they configure."""
+    import subprocess
+    import sys
+
+    code = ("import sys, iterdpo.config, iterdpo.schedule; "
+            "iterdpo.config.load_config('configs/default.yaml', ['round.loss=auxdpo', 'round.epochs=2']); "
+            "print(sorted(m for m in ('torch', 'ray', 'vllm', 'numpy', 'transformers', 'deepspeed') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

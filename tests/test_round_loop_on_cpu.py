@@ -13,7 +13,7 @@ REQUIRED = [
     "round", "reward/mean", "logps/chosen_drift", "logps/rejected_drift", "pairs/count", "pairs/ties_dropped",
     "loss/mean", "sync/parity_max_abs_diff", "eval/reward_mean",
 ]
-PHASES = ["generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate"]
+PHASES = ["generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate", "gate"]
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,18 @@ def test_round_folders_are_datasets(smoke_run):
     pairs = load_from_disk(str(run_dir / "round_001" / "pairs"))
     assert len(samples) == rows[1]["samples/samples"] and "score" in samples.column_names
     assert len(pairs) == rows[1]["pairs/count"] and {"chosen_ids", "rejected_ids"} <= set(pairs.column_names)
+
+
+def test_report_of_the_real_run(smoke_run, tmp_path):
+    """`iterdpo report` on this run: every round in the table, and each plotted series at every round it has."""
+    from test_report import _all_rounds_series, _check_plots
+
+    from iterdpo.report import main, read_rows
+
+    _, _, run_dir = smoke_run
+    assert main([str(run_dir), "--out", str(tmp_path)]) == 0
+    rows = read_rows(run_dir / "metrics.jsonl")
+    plots = _check_plots(tmp_path, rows)
+    assert _all_rounds_series(plots, rows) >= 2 and _all_rounds_series(plots, rows[1:]) > 10
+    page = (tmp_path / "report.html").read_text()
+    assert all(f"<tr><td>{row['round']}</td>" in page for row in rows)

@@ -7,20 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from iterdpo.config import ConfigError
-from iterdpo.scorers import (
-    RobustScorer,
-    ScorerError,
-    ScorerSpec,
-    build_judge,
-    build_scorer,
-    combine_scores,
-    is_refusal,
-    judge_agreement,
-    refusal_agreement,
-    review_classifier,
-    spec_from_dict,
-)
+from iterdpo.errors import ConfigError
+from iterdpo.scorers.combine import combine_scores, judge_agreement
+from iterdpo.scorers.factory import build_judge, build_scorer
+from iterdpo.scorers.robust import RobustScorer, ScorerError
+from iterdpo.scorers.safety import is_refusal, refusal_agreement
+from iterdpo.scorers.sentiment import review_classifier
+from iterdpo.scorers.specs import ScorerSpec, spec_from_dict
 from iterdpo.scorers.reward_model import pick_device
 from iterdpo.scorers.sentiment import ReviewClassifier, _fit, _save, _split
 

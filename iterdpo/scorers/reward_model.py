@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from iterdpo.config import ConfigError
-
-INPUT_FORMATS = ("auto", "chat", "concat", "response")
+from iterdpo.errors import ConfigError
 
 
 def pick_device() -> str:
@@ -46,9 +44,6 @@ class HFRewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         folder = _check_folder(path)
-        if input_format not in INPUT_FORMATS:
-            raise ConfigError(f"hf_reward_model.input_format: expected one of {list(INPUT_FORMATS)}, "
-                              f"got {input_format!r}")
         self.device = pick_device() if device == "auto" else device
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         dtype = torch.float32 if self.device == "cpu" else "auto"

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-Scorer = Callable[[list[str], list[str]], list[float]]
+from iterdpo.scorers.specs import Scorer
 
 
 class ScorerError(RuntimeError):

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from iterdpo.data import rotten_tomatoes_reviews
-from iterdpo.models import _build_atomically, cache_dir
+from iterdpo.cache import build_once, cache_dir
+from iterdpo.package_data import rotten_tomatoes_reviews
 
 FORMAT = "tfidf-logreg-v1"
 # Unigrams and bigrams seen in >= 2 reviews, sublinear tf; C=4 (compared with C=1 and unigrams on the held-out split).
@@ -113,7 +113,7 @@ class ReviewClassifier:
 def review_classifier(seed: int = 0) -> ReviewClassifier:
     """The cached classifier for this split seed, trained on first use (~5 s on 2 cores)."""
     folder = cache_dir() / "judges" / f"review-sentiment-{FORMAT}-seed{seed}"
-    return ReviewClassifier.load(_build_atomically(folder, lambda out: _train(out, seed)))
+    return ReviewClassifier.load(build_once(folder, lambda out: _train(out, seed)))
 
 
 def _texts(prompts: list[str], responses: list[str], include_prompt: bool) -> list[str]:

@@ -1,0 +1,68 @@
+"""Records that travel between the driver and the actors: sampling settings, samples, pairs and the learner's
+results. Actors and driver both import them from here; nothing here imports either."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    chat: bool = False  # wrap each prompt as a user turn of the model's chat template, where it has one
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    prompt: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    text: str
+    logprobs: list[float]  # the engine's log-prob of each sampled token
+    finished: bool  # ended with an end-of-sequence token rather than at the length limit
+
+
+@dataclass
+class Pair:
+    chosen_index: int  # positions of the two responses in the round's samples
+    rejected_index: int
+    prompt_index: int
+    prompt: str
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_text: str
+    rejected_text: str
+    chosen_score: float
+    rejected_score: float
+    # Safety annotation for safety-aware losses: a score in [0, 1] per response, 1 = safe.
+    chosen_safety: float = 1.0
+    rejected_safety: float = 1.0
+
+
+@dataclass
+class PairLogps:
+    """Log-probs of a round's pairs under one set of weights, in pair order."""
+
+    chosen: list[float]  # summed log-prob of each pair's chosen response
+    rejected: list[float]
+    weights_hash: str  # the weights that produced these numbers
+    tokens: list[list[float]] = field(default_factory=list)  # per token: chosen responses, then rejected ones
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]  # means over the round's optimizer steps
+    after: PairLogps | None  # the pairs scored again with the trained weights; None when training diverged
+    refused_steps: int = 0  # steps whose loss or gradient was not finite, not applied
+    losses: list[float] = field(default_factory=list)  # the loss of each applied optimizer step, in order
+
+    @property
+    def diverged(self) -> bool:
+        return self.after is None

@@ -1,0 +1,81 @@
+"""What a round produced, phase by phase, and the metrics row built from it (a pure function: no actors here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from iterdpo.config import RoundConfig
+from iterdpo.drift import drift_metrics, falling_streak, win_rate
+from iterdpo.evaluation import reward_metrics
+from iterdpo.pairs import PairSet
+from iterdpo.records import PairLogps, Sample, TrainResult
+from iterdpo.scorers.combine import JudgeResult
+
+
+@dataclass
+class Judged:
+    result: JudgeResult
+    safety: list[float] | None  # per sample, 1 = safe; None when annotation is off
+
+
+@dataclass
+class Reference:
+    scores: PairLogps
+    start: PairLogps  # the same pairs under the round-start policy (the reference itself in refresh mode)
+    pi0: PairLogps | None  # the same pairs under the initial policy, when tracked
+    source: str
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]  # held-out reward and the safety suite
+    scores: list[float]  # the held-out rewards, sample by sample (same prompts and seed every round)
+
+
+@dataclass
+class RoundOutputs:
+    """Each phase's result, in phase order."""
+
+    samples: list[Sample]
+    judged: Judged
+    pair_set: PairSet
+    reference: Reference
+    trained: TrainResult
+    parity: float
+    evaluation: Evaluation
+
+
+def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: str, initial_eval: list[float],
+              times: dict[str, float]) -> dict[str, Any]:
+    """The round's metrics row before the gate's verdict: rewards, pairs, drift, KL, evaluation and phase times."""
+    judged, pairs, reference, trained = out.judged.result, out.pair_set, out.reference, out.trained
+    after = trained.after or reference.start  # a diverged round ends where it started
+    return {
+        "round": index,
+        **reward_metrics(judged, out.samples, "reward/", "samples"),
+        **judged.metrics("judge"),
+        "judge/agreement": judged.agreement([(p.chosen_index, p.rejected_index) for p in pairs.pairs]),
+        "pairs/count": len(pairs.pairs),
+        "pairs/ties_dropped": pairs.ties_dropped,
+        "pairs/below_margin": pairs.below_margin,
+        "pairs/unscored": pairs.unscored,
+        "sync/parity_max_abs_diff": out.parity,
+        "reference/source": reference.source,
+        "reference/weights_hash": reference.scores.weights_hash,
+        "policy/start_hash": start_hash,
+        "policy/end_hash": after.weights_hash,
+        "settings": dataclasses.asdict(settings),
+        **trained.metrics,
+        **drift_metrics(reference.scores, reference.start, after, reference.pi0, settings.beta),
+        **out.evaluation.metrics,
+        "eval/win_rate_vs_pi0": win_rate(out.evaluation.scores, initial_eval),
+        "throughput/generate_tokens_per_s": sum(len(s.response_ids) for s in out.samples) / times["time/generate"],
+        **times,
+    }
+
+
+def alarm_metrics(previous: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, int]:
+    """How many rounds in a row, this one included, the chosen responses' log-prob has fallen."""
+    return {"alarm/chosen_logp_falling_rounds": falling_streak(previous + [row])}

@@ -1,0 +1,70 @@
+"""Scorers and judges from typed specs (`iterdpo.scorers.specs`); each builder imports its heavy library only
+when a scorer of its kind is built."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from iterdpo.scorers.combine import WeightedJudge
+from iterdpo.scorers.robust import RobustScorer
+from iterdpo.scorers.specs import (FunctionOptions, HFRewardModelOptions, RefusalOptions, Scorer, ScorerSpec,
+                                   SentimentOptions, ToxicityOptions, VaderOptions, function_scorer)
+
+
+def _hf_reward_model(o: HFRewardModelOptions) -> Scorer:
+    from iterdpo.scorers.reward_model import HFRewardModelScorer
+
+    return HFRewardModelScorer(o.path, o.label, o.batch_size, o.max_length, o.input_format, o.device)
+
+
+def _function(o: FunctionOptions) -> Scorer:
+    return function_scorer(o.path)
+
+
+def _sentiment(o: SentimentOptions) -> Scorer:
+    from iterdpo.scorers.sentiment import ReviewSentimentScorer
+
+    return ReviewSentimentScorer(o.seed, o.include_prompt)
+
+
+def _vader(o: VaderOptions) -> Scorer:
+    from iterdpo.scorers.sentiment import VaderScorer
+
+    return VaderScorer(o.include_prompt)
+
+
+def _toxicity(o: ToxicityOptions) -> Scorer:
+    from iterdpo.scorers.safety import ToxicityScorer
+
+    return ToxicityScorer()
+
+
+def _refusal(o: RefusalOptions) -> Scorer:
+    from iterdpo.scorers.safety import RefusalScorer
+
+    return RefusalScorer(o.off_topic)
+
+
+BUILDERS: dict[str, Callable[[Any], Scorer]] = {
+    "hf_reward_model": _hf_reward_model,
+    "function": _function,
+    "sentiment": _sentiment,
+    "vader": _vader,
+    "toxicity": _toxicity,
+    "refusal": _refusal,
+}
+
+
+def build_scorer(spec: ScorerSpec) -> Scorer:
+    """The plain scorer of a spec (models loaded or trained now, not at the first call)."""
+    return BUILDERS[spec.kind](spec.parsed_options())
+
+
+def robust_scorer(spec: ScorerSpec) -> RobustScorer:
+    """A spec's scorer wrapped in `RobustScorer` with its timeout and retries."""
+    return RobustScorer(build_scorer(spec), spec.label, spec.timeout_s, spec.retries)
+
+
+def build_judge(specs: Sequence[ScorerSpec]) -> WeightedJudge:
+    """Each spec's robust scorer, combined by weight."""
+    return WeightedJudge([(robust_scorer(spec), spec.weight) for spec in specs])
