@@ -9,37 +9,40 @@ from __future__ import annotations
 
 import torch
 
-from iterdpo.config import GeneratorConfig
-from iterdpo.records import Sample, Sampling
+from iterdpo.config import GeneratorConfig, ModelConfig
+from iterdpo.data import engine_input, prompt_length
+from iterdpo.models import local_path, resolve_model
+from iterdpo.records import Prompt, Sample, Sampling
 from iterdpo.weights import read_weights
 
 
-def build_engine(model_dir: str, cfg: GeneratorConfig, seed: int):
-    """The in-process vLLM engine the generator runs (benchmarks build their bare baseline with it too)."""
+def build_engine(model: ModelConfig, cfg: GeneratorConfig, seed: int):
+    """The in-process vLLM engine the generator runs (benchmarks build their bare baseline with it too), on the
+    model folder `model.path` resolves to on this node."""
     # vLLM is imported here, in the engine's process, never in the driver.
     from vllm import LLM
 
     on_gpu = torch.cuda.is_available()
     return LLM(
-        model=model_dir,
+        model=str(resolve_model(model.path)),
         dtype=cfg.dtype,
         enforce_eager=cfg.enforce_eager,
         max_model_len=cfg.max_model_len,
         seed=seed,
-        trust_remote_code=False,
+        trust_remote_code=model.trust_remote_code,
         kv_cache_memory_bytes=None if on_gpu else int(cfg.kv_cache_gib * 2**30),
         gpu_memory_utilization=cfg.gpu_memory_utilization,
     )
 
 
 class Generator:
-    def __init__(self, model_dir: str, cfg: GeneratorConfig, seed: int) -> None:
+    def __init__(self, model: ModelConfig, cfg: GeneratorConfig, seed: int) -> None:
         self.cfg = cfg
-        self.llm = build_engine(model_dir, cfg, seed)
+        self.llm = build_engine(model, cfg, seed)
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Sample]:
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Sample]:
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -49,7 +52,11 @@ class Generator:
             max_tokens=sampling.max_new_tokens,
             logprobs=0,
         )
-        requests = self._chat_format(prompts) if sampling.chat else prompts
+        from vllm.inputs import TokensPrompt
+
+        tokenizer = self.llm.get_tokenizer()
+        given = [engine_input(tokenizer, prompt, sampling.chat) for prompt in prompts]
+        requests = [TokensPrompt(prompt_token_ids=g) if isinstance(g, list) else g for g in given]
         # A per-request seed breaks split prefills on CPU; seeding the global generator repeats runs exactly.
         torch.manual_seed(sampling.seed)
         outputs = self.llm.generate(requests, params, use_tqdm=False)
@@ -62,29 +69,21 @@ class Generator:
                 samples.append(
                     Sample(
                         prompt_index=index,
-                        prompt=prompts[index],
+                        prompt=prompts[index].text,
                         prompt_ids=list(output.prompt_token_ids),
                         response_ids=list(completion.token_ids),
                         text=completion.text,
                         logprobs=token_logprobs,
                         finished=completion.finish_reason == "stop",
+                        messages=prompts[index].messages,
                     )
                 )
         return samples
 
-    def prompt_lengths(self, prompts: list[str]) -> list[int]:
+    def prompt_lengths(self, prompts: list[Prompt]) -> list[int]:
         """Token counts of the prompts as the engine will see them."""
         tokenizer = self.llm.get_tokenizer()
-        return [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-
-    def _chat_format(self, prompts: list[str]) -> list[str]:
-        tokenizer = self.llm.get_tokenizer()
-        if not getattr(tokenizer, "chat_template", None):
-            return prompts  # a base model: the prompt is the whole context
-        return [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
+        return [prompt_length(tokenizer, prompt) for prompt in prompts]
 
     def logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         """Per-token log-probs of each response given its prompt, as the engine computes them."""
@@ -111,5 +110,6 @@ class Generator:
         self.llm.reset_prefix_cache()
 
     def load_weights_file(self, path: str) -> None:
-        """`load_weights` from a safetensors file or model folder (a rollback to a saved policy)."""
-        self.load_weights(read_weights(path))
+        """`load_weights` from a safetensors file, a model folder or a model location (pi0 as best-of-n's
+        reference)."""
+        self.load_weights(read_weights(local_path(path)))

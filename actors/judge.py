@@ -1,8 +1,10 @@
-"""The judge actor: the configured weighted scorers, plus the safety scorers of the safety evaluation."""
+"""The judge actor: the configured weighted scorers, plus the safety scorers of the safety evaluation. Model-backed
+scorers (reward models, an LLM judge's engine) run on the actor's accelerator when Ray gave it one."""
 
 from __future__ import annotations
 
 from iterdpo.config import JudgeConfig
+from iterdpo.records import Message
 from iterdpo.scorers.combine import JudgeResult
 from iterdpo.scorers.factory import build_judge, robust_scorer
 from iterdpo.scorers.specs import ScorerSpec
@@ -14,9 +16,11 @@ class Judge:
         self.toxicity_scorer = robust_scorer(ScorerSpec(kind="toxicity"))
         self.refusal_scorer = robust_scorer(ScorerSpec(kind="refusal"))
 
-    def score(self, prompts: list[str], responses: list[str]) -> JudgeResult:
-        """The task reward: every configured scorer, combined by weight (NaN where a scorer dropped a sample)."""
-        return self.reward.score(prompts, responses)
+    def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None = None
+              ) -> JudgeResult:
+        """The task reward: every configured scorer, combined by weight (NaN where a scorer dropped a sample).
+        `conversations`: each prompt's conversation, for the scorers that read one (a plain prompt: one user turn)."""
+        return self.reward.score(prompts, responses, conversations)
 
     def toxicity(self, prompts: list[str], responses: list[str]) -> list[float]:
         """Probability that each response is toxic or profane (NaN where scoring failed)."""

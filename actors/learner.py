@@ -24,9 +24,10 @@ from safetensors.torch import save_file as save_safetensors
 
 from iterdpo import lora
 from iterdpo.atomic import atomic_folder, atomic_write
-from iterdpo.config import LearnerConfig, RoundConfig
+from iterdpo.config import LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.loss_params import LossParams
 from iterdpo.losses import LossInputs, TrainingHook, preference_loss, training_hook
+from iterdpo.models import local_path, resolve_model
 from iterdpo.records import Pair, PairLogps, TrainResult
 from iterdpo.seeds import epoch_seed
 from iterdpo.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
@@ -65,7 +66,7 @@ def _process_group_env(rank: Rank | None) -> None:
 
 
 class Learner:
-    def __init__(self, model_dir: str, cfg: LearnerConfig, seed: int, rank: Rank | None = None) -> None:
+    def __init__(self, model: ModelConfig, cfg: LearnerConfig, seed: int, rank: Rank | None = None) -> None:
         _process_group_env(rank)
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,9 +74,18 @@ class Learner:
         self.cfg = cfg
         torch.set_num_threads(cfg.torch_threads)
         torch.manual_seed(seed)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model_dir = resolve_model(model.path)  # this node's copy (a Hub id is fetched at its pinned commit)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=model.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        # fp32 master weights: with learner.bf16 DeepSpeed runs the forward and backward passes in bf16.
+        policy = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
+                                                      trust_remote_code=model.trust_remote_code)
+        if cfg.gradient_checkpointing:
+            # Activations are recomputed in the backward pass instead of kept: the same loss and gradients for
+            # a fraction of the memory. The non-reentrant form also works with frozen (LoRA) base weights.
+            policy.config.use_cache = False
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = policy
         # With LoRA only the adapter trains and has optimizer state; the base weights are frozen.
         self.adapter = lora.Adapter(model, cfg.lora) if cfg.lora.rank else None
         if self.adapter is not None:
@@ -96,7 +106,6 @@ class Learner:
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
         self.device = self.engine.device
-        self.model_dir = model_dir
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
@@ -124,10 +133,10 @@ class Learner:
         if weights_file is None:
             return self._pair_logps(pairs)
         if self.adapter is not None:
-            with self.adapter.swapped(read_weights(weights_file)):
+            with self.adapter.swapped(read_weights(local_path(weights_file))):
                 return self._pair_logps(pairs)
         current = self.export_weights()
-        self._copy_into_module(read_weights(weights_file))
+        self._copy_into_module(read_weights(local_path(weights_file)))
         try:
             return self._pair_logps(pairs)
         finally:
@@ -309,7 +318,7 @@ class Learner:
         fp32 copies both. With LoRA, a checkpoint's saved adapter goes back over the same base weights; weights
         without one become the base under the initial adapter. Returns the hash of the weights now in place."""
         if self.adapter is None or not self.adapter.restore(weights_file):
-            self._copy_into_module(read_weights(weights_file))
+            self._copy_into_module(read_weights(local_path(weights_file)))
         if hasattr(self.optimizer, "refresh_fp32_params"):
             self.optimizer.refresh_fp32_params()  # ZeRO keeps master copies that the next step would write back
         return self.weights_hash()
@@ -317,7 +326,7 @@ class Learner:
     def update_ema(self, source: str, target: str, rate: float) -> str:
         """Writes rate * ema + (1 - rate) * policy to `target`, where ema is read from `source` (a previous EMA
         file, or pi0's folder to start). Returns the new EMA's hash; rank 0 of a learner group writes it."""
-        ema = read_weights(source)
+        ema = read_weights(local_path(source))
         policy = self.export_weights()
         blended = {name: rate * ema[name] + (1.0 - rate) * policy[name] for name in ema}
         if self.rank != 0:

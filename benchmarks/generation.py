@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from actors.generator import Generator
-    from iterdpo.config import DataConfig, GeneratorConfig
+    from iterdpo.config import DataConfig, GeneratorConfig, ModelConfig
     from iterdpo.data import load_prompts
     from iterdpo.models import resolve_model
     from iterdpo.runtime import init_ray
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model_dir = str(resolve_model(args.model))
     prompts = list(load_prompts(DataConfig(), args.seed).train[: args.prompts])
+    texts = [prompt.text for prompt in prompts]  # what the bare engine and transformers are given
     cfg = GeneratorConfig(max_new_tokens=args.max_tokens)
     header("generation", {"model": args.model, "prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens,
                           "temperature": 1.0, "repeats": args.repeats, "warmup": args.warmup})
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     actor = (ray.remote(Generator)
              .options(num_cpus=cfg.num_cpus, runtime_env={"env_vars": actor_env()})
-             .remote(model_dir, cfg, args.seed))
+             .remote(ModelConfig(path=model_dir), cfg, args.seed))
     bare = BareEngine(model_dir, cfg, args.seed)  # starts while the actor starts
     ray.get(actor.__ray_ready__.remote())
     print(f"engines started in {time.perf_counter() - started:.1f} s")
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     def actor_side() -> int:
         return sum(len(s.response_ids) for s in ray.get(actor.generate.remote(prompts, sampling)))
 
-    sides = {"actor": actor_side, "bare": lambda: bare.generate(prompts, sampling)}
+    sides = {"actor": actor_side, "bare": lambda: bare.generate(texts, sampling)}
     if hf is not None:
-        sides["hf"] = lambda: hf.generate(prompts, sampling)
+        sides["hf"] = lambda: hf.generate(texts, sampling)
     measured = interleaved(sides, args.repeats, args.warmup)
 
     threads = {"actor": ray.get(actor.__ray_call__.remote(lambda self: torch.get_num_threads())),
@@ -121,8 +122,9 @@ class BareEngine:
 
     def __init__(self, model_dir: str, cfg, seed: int) -> None:
         from actors.generator import build_engine
+        from iterdpo.config import ModelConfig
 
-        self.llm = build_engine(model_dir, cfg, seed)
+        self.llm = build_engine(ModelConfig(path=model_dir), cfg, seed)
 
     def generate(self, prompts: list[str], sampling) -> int:
         import torch

@@ -87,8 +87,8 @@ def make_pairs(model_dir: str, args: argparse.Namespace) -> tuple[list, int]:
         chosen_len = args.response_len - (i % 4)
         rejected_len = args.response_len - ((i + 2) % 4)
         pairs.append(Pair(
-            chosen_index=2 * i, rejected_index=2 * i + 1, prompt_index=i, prompt=prompt,
-            prompt_ids=tokenizer(prompt)["input_ids"],
+            chosen_index=2 * i, rejected_index=2 * i + 1, prompt_index=i, prompt=prompt.text,
+            prompt_ids=tokenizer(prompt.text)["input_ids"],
             chosen_ids=torch.randint(0, len(tokenizer), (max(1, chosen_len),), generator=gen).tolist(),
             rejected_ids=torch.randint(0, len(tokenizer), (max(1, rejected_len),), generator=gen).tolist(),
             chosen_text="", rejected_text="", chosen_score=1.0, rejected_score=0.0,
@@ -101,9 +101,10 @@ class LearnerSide:
 
     def __init__(self, model_dir: str, args: argparse.Namespace, settings) -> None:
         from actors.learner import Learner
+        from iterdpo.config import ModelConfig
         from iterdpo.loss_params import LossParams
 
-        self.learner = Learner(model_dir, learner_config(args), args.seed)
+        self.learner = Learner(ModelConfig(path=model_dir), learner_config(args), args.seed)
         self.settings = settings
         self.params = LossParams(beta=settings.beta, **settings.loss_params)
         self.hook = self.learner._start_round(settings, self.params, num_pairs=args.pairs)

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from iterdpo.config import load_config
+    from iterdpo.models import resolve_model
     from iterdpo.orchestrator import Orchestrator
     from iterdpo.scorers.factory import build_scorer
     from iterdpo.scorers.specs import ScorerSpec
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     vader_reward.__name__ = "vader"
     # Both sides draw from the same training pool (TRL shuffles it; the rounds take it in order).
-    train_prompts = list(orchestrator.prompts.train[: prompts_per_round * total])
-    tokenizer = AutoTokenizer.from_pretrained(orchestrator.model_dir)
+    train_prompts = [prompt.text for prompt in orchestrator.prompts.train[: prompts_per_round * total]]
+    model_dir = resolve_model(orchestrator.pi0)  # the policy's folder on this node
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     trl_args = OnlineDPOConfig(
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scheduler_type="constant", warmup_steps=0, disable_tqdm=True,
     )
     trainer = OnlineDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(orchestrator.model_dir, dtype=torch.float32),
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
         reward_funcs=vader_reward, args=trl_args, processing_class=tokenizer,
         train_dataset=Dataset.from_dict({"prompt": train_prompts}),
     )

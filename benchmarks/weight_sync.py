@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from actors.generator import Generator
     from actors.learner import Learner
-    from iterdpo.config import Config
+    from iterdpo.config import Config, ModelConfig
     from iterdpo.data import load_prompts
     from iterdpo.models import resolve_model
     from iterdpo.runtime import init_ray
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {"env_vars": actor_env()}
     generator = (ray.remote(Generator)
                  .options(num_cpus=cfg.generator.num_cpus, runtime_env=env)
-                 .remote(model_dir, cfg.generator, args.seed))
+                 .remote(ModelConfig(path=model_dir), cfg.generator, args.seed))
     learner = (ray.remote(Learner)
                .options(num_cpus=cfg.learner.num_cpus, runtime_env=env)
-               .remote(model_dir, cfg.learner, args.seed))
-    local = Generator(model_dir, cfg.generator, args.seed)
+               .remote(ModelConfig(path=model_dir), cfg.learner, args.seed))
+    local = Generator(ModelConfig(path=model_dir), cfg.generator, args.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     # The learner's export: every entry of the state dict (tied weights included), detached CPU copies.
     state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}

@@ -14,9 +14,9 @@ import ray
 
 from actors.generator import Generator
 from iterdpo.checkpoints import RunFiles
+from iterdpo.config import ModelConfig
 from iterdpo.errors import ConfigError
-from iterdpo.models import resolve_model
-from iterdpo.records import Sampling
+from iterdpo.records import Prompt, Sampling
 from iterdpo.rundir import saved_config
 from iterdpo.runtime import actor_env, init_ray
 
@@ -39,18 +39,18 @@ def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None
     if policy is None or not policy.is_dir():
         raise ConfigError(f"best-of-n: no saved policy in '{run_dir}'" +
                           (f" for round {round_index}" if round_index is not None else ""))
-    reference = resolve_model(cfg.model.path)
     beta = cfg.round.beta if beta is None else beta
     init_ray(cfg.run.num_cpus)
     generator = ray.remote(Generator).options(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus,
-                                              runtime_env={"env_vars": actor_env()}).remote(str(policy), cfg.generator, seed)
+                                              runtime_env={"env_vars": actor_env()}).remote(
+        ModelConfig(path=str(policy)), cfg.generator, seed)
     try:
         sampling = Sampling(n=n, temperature=cfg.generator.temperature, top_p=cfg.generator.top_p,
                             max_new_tokens=cfg.generator.max_new_tokens, seed=seed)
-        samples = ray.get(generator.generate.remote(prompts, sampling))
+        samples = ray.get(generator.generate.remote([Prompt(text) for text in prompts], sampling))
         sequences = [(s.prompt_ids, s.response_ids) for s in samples]
         policy_logps = ray.get(generator.logprobs.remote(sequences))
-        ray.get(generator.load_weights_file.remote(str(reference)))
+        ray.get(generator.load_weights_file.remote(cfg.model.path))  # pi0, the run's pinned location
         reference_logps = ray.get(generator.logprobs.remote(sequences))
     finally:
         ray.kill(generator)

@@ -1,4 +1,4 @@
-"""The `iterdpo` command: run, resume, export and report."""
+"""The `iterdpo` command: run, check, resume, export, best-of-n and report."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML config file")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. round.beta=0.2 run.rounds=2")
     run.add_argument("--run-dir", help="output folder (default: a new folder under run.runs_dir)")
+    check = commands.add_parser("check", help="resolve and check everything a run needs, print its plan; no training")
+    check.add_argument("config", help="YAML config file")
+    check.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.path=Qwen/Qwen2.5-0.5B-Instruct")
     resume = commands.add_parser("resume", help="finish an interrupted run from its last finished round")
     resume.add_argument("run_dir", type=Path, help="a run directory")
     export = commands.add_parser("export", help="write a round's policy as a Hugging Face model folder")
@@ -44,6 +47,17 @@ def run_command(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path(cfg.run.runs_dir), Path(args.config).stem)
     check_new(run_dir)
     return _run(cfg, run_dir)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from iterdpo.preflight import preflight
+
+    plan = preflight(load_config(args.config, args.overrides))
+    width = max(len(name) for name, _ in plan.facts)
+    print(f"iterdpo check: {args.config} is ready to run")
+    for name, text in plan.facts:
+        print(f"  {name:<{width}}  {text}")
+    return 0
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -118,7 +132,7 @@ def report_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
-    commands = {"run": run_command, "resume": resume_command, "export": export_command,
+    commands = {"run": run_command, "check": check_command, "resume": resume_command, "export": export_command,
                 "best-of-n": best_of_n_command, "report": report_command}
     try:
         return commands[args.command](args)

@@ -32,17 +32,22 @@ log = logging.getLogger("iterdpo")
 
 @dataclass(frozen=True)
 class ModelConfig(Checked):
-    # "builtin:smollm2-135m-instruct", "builtin:tiny-qwen2", or a Hugging Face model folder.
+    # A Hugging Face Hub id ("Qwen/Qwen2.5-0.5B-Instruct", optionally "@revision"), a local model folder, or
+    # "builtin:smollm2-135m-instruct" / "builtin:tiny-qwen2". A run records a Hub id pinned to its commit.
     path: str = "builtin:smollm2-135m-instruct"
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run a model repository's own Python code (only for repos you trust)
 
 
 @dataclass(frozen=True)
 class DataConfig(Checked):
-    # "builtin:rotten-tomatoes" (review prefixes), a text file with one prompt per line, or a .jsonl file with
-    # one object per line whose `prompt_field` holds the prompt.
+    # "builtin:rotten-tomatoes" (review prefixes), a .txt file (one prompt per line), a .parquet/.csv/.json/.jsonl/
+    # .arrow file, a data-set folder (save_to_disk or data files), or a Hub data set id (see iterdpo/data.py).
     prompts: str = "builtin:rotten-tomatoes"
+    # The column holding each prompt: text, or a conversation (a list of {role, content} messages).
     prompt_field: str = "prompt"
+    split: str = "train"
+    subset: str | None = None  # a data set's configuration name, where it has several
+    eval_split: str | None = None  # held-out prompts from this split instead of from `split`
     prompts_per_round: PositiveInt = 32
     eval_prompts: PositiveInt = 16
     prefix_words: PositiveInt = 8
@@ -81,7 +86,11 @@ class JudgeConfig(Checked):
     scorers: list[ScorerSpec] = field(default_factory=_default_scorers)
     # Annotates each training sample's safety (1 - P(toxic)) for safety-aware losses such as safedpo.
     annotate_safety: bool = True
+    # Judge actors, each with every scorer and these resources: a phase's samples are split into contiguous shards
+    # across them (a reward model or an LLM judge on a GPU each: num_gpus=1).
+    replicas: PositiveInt = 1
     num_cpus: NonNegativeFloat = 0.5
+    num_gpus: NonNegativeFloat = 0.0
 
     def validate(self) -> None:
         if not self.scorers:
@@ -140,7 +149,8 @@ class LearnerConfig(Checked):
     gradient_accumulation_steps: PositiveInt = 1
     max_grad_norm: NonNegativeFloat = 1.0
     weight_decay: NonNegativeFloat = 0.0
-    bf16: bool = False
+    bf16: bool = False  # bf16 forward/backward with fp32 master weights (DeepSpeed), where the accelerator has it
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
     torch_threads: PositiveInt = 2
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -210,6 +220,10 @@ class RunConfig(Checked):
     alarm_rounds: PositiveInt = 2
     # CPUs Ray may use when it starts a local node; 0 lets Ray count them. Ignored on an existing cluster.
     num_cpus: NonNegativeFloat = 2.0
+    # Where the per-round metrics go besides metrics.jsonl: TensorBoard, Weights & Biases, MLflow (the last two are
+    # optional installs: pip install 'iterdpo[trackers]'; see iterdpo/trackers.py).
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
+    project: str = "iterdpo"  # the W&B project / MLflow experiment
 
 
 @dataclass(frozen=True)
@@ -284,12 +298,9 @@ def warn_ineffective(settings: RoundConfig, label: str) -> None:
 
 
 def actor_resources(cfg: Config) -> dict[str, float]:
-    """CPUs and GPUs all actors ask Ray for: every replica of the generator and learner groups, and the judge."""
-    return {
-        "CPU": cfg.generator.replicas * cfg.generator.num_cpus + cfg.judge.num_cpus
-        + cfg.learner.replicas * cfg.learner.num_cpus,
-        "GPU": cfg.generator.replicas * cfg.generator.num_gpus + cfg.learner.replicas * cfg.learner.num_gpus,
-    }
+    """CPUs and GPUs all actors ask Ray for: every replica of the generator, judge and learner groups."""
+    groups = (cfg.generator, cfg.judge, cfg.learner)
+    return {"CPU": sum(g.replicas * g.num_cpus for g in groups), "GPU": sum(g.replicas * g.num_gpus for g in groups)}
 
 
 def check_resources(cfg: Config, available: Mapping[str, float], source: str) -> None:
@@ -327,13 +338,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{'.'.join(path)}': '{part}' is not a group")
-        node = child
-    node[path[-1]] = value
+    """Sets `value` at the dotted `path`; a number indexes a list (`judge.scorers.0.options.path=...`)."""
+    node: Any = tree
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override '{'.'.join(path)}': '{'.'.join(path[:depth])}' is a list of {len(node)}, "
+                                  f"expected an index below {len(node)} instead of '{part}'")
+            key: Any = int(part)
+        elif isinstance(node, dict):
+            key = part
+            if not last:
+                node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override '{'.'.join(path)}': '{path[depth - 1]}' is not a group")
+        if last:
+            node[key] = value
+        else:
+            node = node[key]
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

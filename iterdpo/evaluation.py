@@ -17,7 +17,7 @@ import ray
 
 from iterdpo import safety_data
 from iterdpo.config import SafetyConfig
-from iterdpo.records import Sample, Sampling
+from iterdpo.records import Prompt, Sample, Sampling
 from iterdpo.scorers.combine import JudgeResult
 
 _HARMFUL = {
@@ -73,10 +73,11 @@ def safety_metrics(generator: Any, judge: Any, prompts: SafetyPrompts, cfg: Safe
     """Runs the safety suite through the generator and judge actors; one `ray.get` per stage."""
     greedy_chat = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens, seed=seed, chat=True)
     greedy_text = Sampling(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
-    requests = list(prompts.harmful) + list(prompts.benign)
+    requests = [Prompt(text) for text in prompts.harmful + prompts.benign]
+    toxic = [Prompt(text) for text in prompts.toxicity]
     chats, continuations = ray.get([
         generator.generate.remote(requests, greedy_chat) if requests else ray.put([]),
-        generator.generate.remote(list(prompts.toxicity), greedy_text) if prompts.toxicity else ray.put([]),
+        generator.generate.remote(toxic, greedy_text) if toxic else ray.put([]),
     ])
     refusals, toxicity = ray.get([
         judge.refusal.remote([s.prompt for s in chats], [s.text for s in chats]),

@@ -1,7 +1,8 @@
-"""Actor groups from config: `generator.replicas` vLLM engines and `learner.replicas` learner processes.
+"""Actor groups from config: `generator.replicas` vLLM engines, `judge.replicas` judges and `learner.replicas` learner
+processes.
 
-Generators are independent: a phase's prompts are split into contiguous shards, one remote call per generator and
-one `ray.get`, and the samples are concatenated in prompt order. Learners form one DeepSpeed data-parallel group
+Generators and judges are independent: a phase's prompts (samples) are split into contiguous shards, one remote call
+per actor and one `ray.get`, and the results are concatenated in order. Learners form one DeepSpeed data-parallel group
 (gloo on CPU, nccl on GPU, as DeepSpeed's accelerator picks), placed by a Ray placement group: calls that change
 the weights go to every rank, calls that only read them go to rank 0 (to every rank under ZeRO-3, whose forward
 passes gather shards collectively), and results come from rank 0 once the ranks agree on the weights' hash.
@@ -21,9 +22,11 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from actors.generator import Generator
+from actors.judge import Judge
 from actors.learner import Learner, Rank
-from iterdpo.config import GeneratorConfig, LearnerConfig, RoundConfig
-from iterdpo.records import PairLogps, Sample, Sampling, TrainResult
+from iterdpo.config import GeneratorConfig, JudgeConfig, LearnerConfig, ModelConfig, RoundConfig
+from iterdpo.records import Message, PairLogps, Prompt, Sample, Sampling, TrainResult
+from iterdpo.scorers.combine import JudgeResult
 from iterdpo.seeds import shard_seed
 from iterdpo.sharding import shard_bounds
 
@@ -41,15 +44,15 @@ class GeneratorGroup:
         self.actors = actors
 
     @classmethod
-    def create(cls, model_dir: str, cfg: GeneratorConfig, seed: int, options: dict[str, Any]) -> GeneratorGroup:
+    def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any]) -> GeneratorGroup:
         remote = ray.remote(Generator).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **options)
-        return cls([remote.remote(model_dir, cfg, seed) for _ in range(cfg.replicas)])
+        return cls([remote.remote(model, cfg, seed) for _ in range(cfg.replicas)])
 
     @property
     def first(self) -> Any:
         return self.actors[0]
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Sample]:
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Sample]:
         """Samples for `prompts`, in prompt order, each shard on its own generator, sampled with its shard seed
         (`iterdpo.seeds.shard_seed`). vLLM on CPU cannot seed single requests, so a prompt's samples depend on its
         shard's seed and neighbours: a run repeats exactly for a given number of generators, not across numbers."""
@@ -77,6 +80,38 @@ class GeneratorGroup:
             ray.kill(actor)
 
 
+class JudgeGroup:
+    def __init__(self, actors: list[Any]) -> None:
+        self.actors = actors
+
+    @classmethod
+    def create(cls, cfg: JudgeConfig, options: dict[str, Any]) -> JudgeGroup:
+        remote = ray.remote(Judge).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **options)
+        return cls([remote.remote(cfg) for _ in range(cfg.replicas)])
+
+    @property
+    def first(self) -> Any:
+        """The judge that also scores safety (the annotation of training samples and the safety suite)."""
+        return self.actors[0]
+
+    def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None,
+              toxicity: bool) -> tuple[JudgeResult, list[float] | None]:
+        """The task reward of every sample, each contiguous shard scored by its own judge, joined in order (scores do
+        not depend on the shards: judges are deterministic), and with `toxicity` each sample's P(toxic), from the
+        first judge, in the same `ray.get`."""
+        bounds = shard_bounds(len(prompts), len(self.actors))
+        shards = [actor.score.remote(prompts[lo:hi], responses[lo:hi],
+                                     None if conversations is None else conversations[lo:hi])
+                  for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+        shards = shards or [self.first.score.remote([], [], None)]
+        results = ray.get(shards + ([self.first.toxicity.remote(prompts, responses)] if toxicity else []))
+        return JudgeResult.concat(results[: len(shards)]), results[-1] if toxicity else None
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
 class LearnerGroup:
     def __init__(self, actors: list[Any], cfg: LearnerConfig, placement: PlacementGroup | None = None) -> None:
         self.actors = actors
@@ -84,13 +119,13 @@ class LearnerGroup:
         self.placement = placement
 
     @classmethod
-    def create(cls, model_dir: str, cfg: LearnerConfig, seed: int, options: dict[str, Any]) -> LearnerGroup:
+    def create(cls, model: ModelConfig, cfg: LearnerConfig, seed: int, options: dict[str, Any]) -> LearnerGroup:
         """One learner as always, or `cfg.replicas` ranks of one process group. Ray does not restart a group's
         ranks (a new process cannot rejoin a running group); the orchestrator rebuilds the whole group instead."""
         remote = ray.remote(Learner)
         resources = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
         if cfg.replicas == 1:
-            return cls([remote.options(**resources, **options).remote(model_dir, cfg, seed)], cfg)
+            return cls([remote.options(**resources, **options).remote(model, cfg, seed)], cfg)
         placement = _placement(cfg)
         first = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0) if placement else "DEFAULT"
         address, port, node = ray.get(_rendezvous.options(scheduling_strategy=first).remote())
@@ -98,7 +133,7 @@ class LearnerGroup:
                        for i in range(cfg.replicas)] if placement else
                       [NodeAffinitySchedulingStrategy(node, soft=False)] * cfg.replicas)
         actors = [remote.options(**resources, **{**options, "max_restarts": 0}, scheduling_strategy=strategy)
-                  .remote(model_dir, cfg, seed, Rank(i, cfg.replicas, address, port))
+                  .remote(model, cfg, seed, Rank(i, cfg.replicas, address, port))
                   for i, strategy in enumerate(strategies)]
         return cls(actors, cfg, placement)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from iterdpo.atomic import atomic_folder, atomic_write_text
+from iterdpo.trackers import Tracker, scalars
 
 
 def save_records(records: list[dict[str, Any]], path: Path) -> None:
@@ -28,12 +29,12 @@ def _json_safe(value: Any) -> Any:
 
 
 class MetricsLog:
-    """`metrics.jsonl` (one JSON object per round, the whole file rewritten atomically on each append) and the
-    same numbers as TensorBoard scalars under `tensorboard/`, with the round as the step."""
+    """`metrics.jsonl` (one JSON object per round, the whole file rewritten atomically on each append), and each
+    row's numbers to the run's trackers (`iterdpo.trackers`) with the round as the step."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, trackers: list[Tracker] = ()) -> None:
         self.path = run_dir / "metrics.jsonl"
-        self.tensorboard_dir = run_dir / "tensorboard"
+        self.trackers = list(trackers)
         self.rows: list[dict[str, Any]] = []
         if self.path.is_file():
             self.rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
@@ -41,15 +42,12 @@ class MetricsLog:
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append({key: _json_safe(value) for key, value in row.items()})
         atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
-        self._write_scalars(row)
+        for tracker in self.trackers:
+            tracker.log(scalars(row), step=row["round"])
 
-    def _write_scalars(self, row: dict[str, Any]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(log_dir=str(self.tensorboard_dir)) as writer:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "round":
-                    writer.add_scalar(key, value, global_step=row["round"])
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
 
 
 class PhaseTimer:

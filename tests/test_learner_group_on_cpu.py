@@ -9,11 +9,12 @@ import ray
 import torch
 from ray import cloudpickle
 
-from iterdpo.config import LearnerConfig, RoundConfig
+from iterdpo.config import LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.groups import LearnerGroup
 from iterdpo.models import resolve_model
 from iterdpo.runtime import actor_env
 from iterdpo.records import Pair
+from random_pairs import random_pairs
 from iterdpo.weights import read_weights
 
 pytestmark = pytest.mark.slow
@@ -28,14 +29,7 @@ WEIGHT_TOLERANCE = 1e-2  # of the largest change training made
 
 
 def _pairs(count: int) -> list[Pair]:
-    gen = torch.Generator().manual_seed(0)
-
-    def ids(length: int) -> list[int]:
-        return torch.randint(0, 1000, (length,), generator=gen).tolist()
-
-    return [Pair(chosen_index=2 * i, rejected_index=2 * i + 1, prompt_index=i, prompt="", prompt_ids=ids(5 + i % 4),
-                 chosen_ids=ids(8 + i % 3), rejected_ids=ids(6 + i % 5), chosen_text="", rejected_text="",
-                 chosen_score=1.0, rejected_score=0.0) for i in range(count)]
+    return random_pairs(count, prompt=(5, 4), chosen=(8, 3), rejected=(6, 5))
 
 
 def _adam_state_numel(learner) -> int:
@@ -53,7 +47,7 @@ def _backend(_learner) -> str:
 
 def _train(replicas: int, folder, zero_stage: int = 2) -> dict:
     cfg = LearnerConfig(replicas=replicas, num_cpus=0.5, zero_stage=zero_stage, micro_batch_size=GLOBAL_BATCH)
-    group = LearnerGroup.create(str(resolve_model("builtin:tiny-qwen2")), cfg, 0,
+    group = LearnerGroup.create(ModelConfig(path="builtin:tiny-qwen2"), cfg, 0,
                                 {"runtime_env": {"env_vars": actor_env()}})
     try:
         pairs = ray.put(_pairs(PAIRS))

@@ -9,10 +9,11 @@ import torch
 from ray import cloudpickle
 
 from actors.learner import Learner
-from iterdpo.config import LearnerConfig, LoraConfig, RoundConfig
+from iterdpo.config import LearnerConfig, LoraConfig, ModelConfig, RoundConfig
 from iterdpo.models import resolve_model
 from iterdpo.runtime import actor_env
 from iterdpo.records import Pair
+from random_pairs import random_pairs
 from iterdpo.weights import hash_state, read_weights
 
 pytestmark = pytest.mark.slow
@@ -23,14 +24,7 @@ TOLERANCE = 1e-6
 
 
 def _pairs(count: int = 8) -> list[Pair]:
-    gen = torch.Generator().manual_seed(0)
-
-    def ids(length: int) -> list[int]:
-        return torch.randint(0, 1000, (length,), generator=gen).tolist()
-
-    return [Pair(chosen_index=2 * i, rejected_index=2 * i + 1, prompt_index=i, prompt="", prompt_ids=ids(6),
-                 chosen_ids=ids(8 + i % 3), rejected_ids=ids(7 + i % 2), chosen_text="", rejected_text="",
-                 chosen_score=1.0, rejected_score=0.0) for i in range(count)]
+    return random_pairs(count, prompt=(6, 1), chosen=(8, 3), rejected=(7, 2))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,8 @@ def model_dir() -> str:
 def trained(ray_session, model_dir):
     """A LoRA learner before and after one round of DPO on fixed pairs."""
     cfg = LearnerConfig(num_cpus=1.0, micro_batch_size=4, lora=LoraConfig(rank=8))
-    learner = ray.remote(Learner).options(num_cpus=1, runtime_env={"env_vars": actor_env()}).remote(model_dir, cfg, 0)
+    learner = ray.remote(Learner).options(num_cpus=1, runtime_env={"env_vars": actor_env()}).remote(
+        ModelConfig(path=model_dir), cfg, 0)
     pairs = _pairs()
     pi0_hash = ray.get(learner.weights_hash.remote())
     reference = ray.get(learner.reference_logprobs.remote(pairs))
@@ -139,7 +134,8 @@ def test_other_references_are_swapped_in_only_while_scoring(trained, model_dir):
 @pytest.mark.parametrize("zero_stage", [0, 1])
 def test_other_zero_stages_train_and_restore(ray_session, model_dir, tmp_path, zero_stage):
     cfg = LearnerConfig(num_cpus=1.0, micro_batch_size=4, zero_stage=zero_stage, lora=LoraConfig(rank=4))
-    learner = ray.remote(Learner).options(num_cpus=1, runtime_env={"env_vars": actor_env()}).remote(model_dir, cfg, 0)
+    learner = ray.remote(Learner).options(num_cpus=1, runtime_env={"env_vars": actor_env()}).remote(
+        ModelConfig(path=model_dir), cfg, 0)
     try:
         pairs = _pairs(4)
         reference = ray.get(learner.reference_logprobs.remote(pairs))

@@ -69,4 +69,4 @@ def test_rollback_to_an_earlier_round_restores_learner_and_engine(lora_run):
     assert ray.get(orchestrator.learner.load_weights.remote(folder)) == rows[1]["policy/end_hash"]
     ray.get(orchestrator.generator.load_weights_file.remote(folder))
     assert orchestrator.check_parity(orchestrator._probe) <= orchestrator.cfg.sync.parity_tolerance
-    assert ray.get(orchestrator.learner.load_weights.remote(orchestrator.model_dir)) == rows[1]["policy/start_hash"]
+    assert ray.get(orchestrator.learner.load_weights.remote(orchestrator.pi0)) == rows[1]["policy/start_hash"]

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from iterdpo.records import Message
 from iterdpo.scorers.robust import RobustScorer
 
 
@@ -56,6 +57,19 @@ class JudgeResult:
                   for name, scores in self.components.items()]
         return judge_agreement(signed, pairs)
 
+    @classmethod
+    def concat(cls, parts: Sequence[JudgeResult]) -> JudgeResult:
+        """One result from the results of consecutive shards of the samples, in order."""
+        first = parts[0]
+        return cls(
+            combined=[value for part in parts for value in part.combined],
+            components={name: [value for part in parts for value in part.components[name]] for name in first.components},
+            dropped={name: sum(part.dropped[name] for part in parts) for name in first.dropped},
+            failed_batch_calls={name: sum(part.failed_batch_calls[name] for part in parts)
+                                for name in first.failed_batch_calls},
+            weights=dict(first.weights),
+        )
+
     def metrics(self, prefix: str = "judge") -> dict[str, float]:
         out = {f"{prefix}/dropped": float(sum(1 for value in self.combined if math.isnan(value)))}
         for name in self.components:
@@ -75,8 +89,9 @@ class WeightedJudge:
             raise ValueError(f"scorer names must be distinct, got {names} (set `name` in the scorer specs)")
         self.members = list(members)
 
-    def score(self, prompts: list[str], responses: list[str]) -> JudgeResult:
-        batches = {scorer.name: scorer.score(prompts, responses) for scorer, _ in self.members}
+    def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None = None
+              ) -> JudgeResult:
+        batches = {scorer.name: scorer.score(prompts, responses, conversations) for scorer, _ in self.members}
         components = {name: batch.scores for name, batch in batches.items()}
         return JudgeResult(
             combined=combine_scores(list(components.values()), [weight for _, weight in self.members]),

