@@ -38,6 +38,7 @@ def run(
     from iterdpo.config import Config, check_schedule_length, config_from_dict, load_config, with_overrides
     from iterdpo.orchestrator import Orchestrator
     from iterdpo.rundir import new_run_dir
+    from iterdpo.session import locked
 
     if isinstance(config, Config):
         cfg, stem = with_overrides(config, overrides), "run"
@@ -48,9 +49,10 @@ def run(
     if schedule is not None:
         check_schedule_length(len(schedule.rounds), cfg.run.rounds)
     target = Path(run_dir) if run_dir else new_run_dir(Path(cfg.run.runs_dir), stem)
-    orchestrator = Orchestrator(cfg, target, schedule)
-    try:
-        rows = orchestrator.run()
-    finally:
-        orchestrator.shutdown()
+    with locked(target):  # one run per directory
+        orchestrator = Orchestrator(cfg, target, schedule)
+        try:
+            rows = orchestrator.run()
+        finally:
+            orchestrator.shutdown()
     return RunResult(run_dir=target, rows=rows)

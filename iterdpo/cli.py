@@ -6,6 +6,7 @@ import argparse
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from iterdpo.config import Config, load_config
@@ -45,8 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 def run_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path(cfg.run.runs_dir), Path(args.config).stem)
-    check_new(run_dir)
-    return _run(cfg, run_dir)
+    return _run(cfg, run_dir, fresh=True)
 
 
 def check_command(args: argparse.Namespace) -> int:
@@ -61,33 +61,44 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def resume_command(args: argparse.Namespace) -> int:
-    return _run(saved_config(args.run_dir), args.run_dir)
+    return _run(saved_config(args.run_dir), args.run_dir, fresh=False)
 
 
-def _run(cfg: Config, run_dir: Path) -> int:
-    # Heavy imports (ray, the actors) only once the config is known to be valid.
-    from ray.exceptions import RayError, RayTaskError
+def _run(cfg: Config, run_dir: Path, fresh: bool) -> int:
+    """A run under its directory's lock, stopped cleanly by a signal; a failure is one line on the console and the
+    whole story in RUN_DIR/logs/. Heavy imports (ray, the actors) come once the config is known to be valid."""
+    from ray.exceptions import RayError
 
     from iterdpo.orchestrator import Orchestrator
+    from iterdpo.session import Interrupted, locked, log_file, one_line, shutdown_ray, stop_on_signals, storage_error
 
-    try:
-        orchestrator = Orchestrator(cfg, run_dir)
-        logging.getLogger("iterdpo").info("run directory: %s", run_dir)
+    started = time.time()
+    with locked(run_dir), stop_on_signals():
+        if fresh:
+            check_new(run_dir)
         try:
-            orchestrator.run()
-        finally:
-            orchestrator.shutdown()
-    except RunError as err:
-        print(f"iterdpo: error: {err}", file=sys.stderr)
-        return 1
-    except RayError as err:
-        # An actor's exception or death (e.g. killed for memory): one line, not the remote traceback. The rounds
-        # already in metrics.jsonl are kept; `iterdpo resume` goes on from there.
-        cause = err.cause if isinstance(err, RayTaskError) and err.cause is not None else err
-        lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-        print(f"iterdpo: error: {type(cause).__name__}: {lines[-1] if lines else ''} (resume with `iterdpo resume "
-              f"{run_dir}`)", file=sys.stderr)
-        return 1
+            with log_file(run_dir):
+                try:
+                    orchestrator = Orchestrator(cfg, run_dir)
+                    logging.getLogger("iterdpo").info("run directory: %s", run_dir)
+                    try:
+                        orchestrator.run()
+                    finally:
+                        orchestrator.shutdown()
+                finally:
+                    shutdown_ray()
+        except Interrupted as signal_:
+            print(f"iterdpo: stopped by {signal_} (the finished rounds are kept: `iterdpo resume {run_dir}` goes on "
+                  "from there)", file=sys.stderr)
+            return 128 + signal_.signum
+        except (RunError, RayError) as err:
+            print(f"iterdpo: error: {one_line(err, run_dir, started)}", file=sys.stderr)
+            return 1
+        except OSError as err:
+            if storage_error(err) is None:
+                raise
+            print(f"iterdpo: error: {one_line(err, run_dir, started)}", file=sys.stderr)
+            return 1
     print(f"run finished: {run_dir / 'metrics.jsonl'}")
     return 0
 

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-import yaml
-
 from iterdpo.errors import ConfigError
+from iterdpo.config_files import apply_override, parse_override, read_yaml
 from iterdpo.loss_params import LOSS_NAMES, NEEDS_SECOND_EPOCH, SINGLE_LEARNER_LOSSES, LossParams
 from iterdpo.scorers.specs import ScorerSpec
 from iterdpo.typed import (Checked, Fraction, Invalid, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                           build, did_you_mean, unknown_key)
+                           Probability, Share, build, did_you_mean, unknown_key)
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "round_settings"]
 
@@ -62,10 +61,10 @@ class GeneratorConfig(Checked):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_model_len: PositiveInt = 256
     kv_cache_gib: PositiveFloat = 1.0
-    gpu_memory_utilization: float = 0.3
+    gpu_memory_utilization: Share = 0.3  # the engine's share of its GPU's memory (vLLM: in (0, 1])
     enforce_eager: bool = True
-    temperature: NonNegativeFloat = 1.0
-    top_p: float = 1.0
+    temperature: NonNegativeFloat = 1.0  # vLLM: >= 0 (0 is greedy)
+    top_p: Share = 1.0  # vLLM: in (0, 1]
     max_new_tokens: PositiveInt = 48
     eval_samples_per_prompt: PositiveInt = 4
 
@@ -106,7 +105,7 @@ class SafetyConfig(Checked):
     toxicity_prompts: NonNegativeInt = 16
     benign_prompts: NonNegativeInt = 16
     max_new_tokens: PositiveInt = 48
-    toxicity_threshold: NonNegativeFloat = 0.5
+    toxicity_threshold: Probability = 0.5
 
 
 @dataclass(frozen=True)
@@ -324,64 +323,10 @@ def _check_across_sections(cfg: Config) -> None:
 # -- loading -----------------------------------------------------------------------------------------------------
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override '{text}': expected key=value, e.g. learner.zero_stage=3")
-    key, raw = text.split("=", 1)
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"override '{text}': expected a dotted key such as round.beta")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    """Sets `value` at the dotted `path`; a number indexes a list (`judge.scorers.0.options.path=...`)."""
-    node: Any = tree
-    for depth, part in enumerate(path):
-        last = depth == len(path) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override '{'.'.join(path)}': '{'.'.join(path[:depth])}' is a list of {len(node)}, "
-                                  f"expected an index below {len(node)} instead of '{part}'")
-            key: Any = int(part)
-        elif isinstance(node, dict):
-            key = part
-            if not last:
-                node.setdefault(key, {})
-        else:
-            raise ConfigError(f"override '{'.'.join(path)}': '{path[depth - 1]}' is not a group")
-        if last:
-            node[key] = value
-        else:
-            node = node[key]
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file '{path}': invalid YAML{where}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file '{path}': not UTF-8 text") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}': expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
 def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
     tree = copy.deepcopy(dict(data))
     for text in overrides:
-        path, value = parse_override(text)
-        _apply_override(tree, path, value)
+        apply_override(tree, *parse_override(text))
     cfg = build(Config, tree)
     _check_across_sections(cfg)
     return cfg

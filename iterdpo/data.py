@@ -79,9 +79,9 @@ def engine_input(tokenizer: Any, prompt: Prompt, chat: bool) -> str | list[int]:
                                               return_dict=True)["input_ids"])
 
 
-def prompt_length(tokenizer: Any, prompt: Prompt) -> int:
+def prompt_length(tokenizer: Any, prompt: Prompt, chat: bool = False) -> int:
     """The prompt's length in tokens as an engine sees it."""
-    given = engine_input(tokenizer, prompt, chat=False)
+    given = engine_input(tokenizer, prompt, chat)
     return len(given) if isinstance(given, list) else len(tokenizer(given)["input_ids"])
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from iterdpo.cache import build_once, cache_dir
 from iterdpo.errors import ConfigError
 from iterdpo.hub import METADATA_FILES, HubRef, pin, snapshot
+from iterdpo.weights import check_weight_files
 from iterdpo.package_data import package_data_file, rotten_tomatoes_reviews
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
@@ -93,6 +94,8 @@ def resolve_model(location: str, field: str = "model.path", kind: str = "causal"
             raise ConfigError(f"{field}: folder '{location}' not found (expected a Hugging Face model folder, a Hub id "
                               f"such as Qwen/Qwen2.5-0.5B-Instruct, or one of {SMOLLM2}, {TINY_QWEN2})")
     check_model_folder(folder, field, kind)
+    # A Hub snapshot fetched without weights is checked where its weights land; every local folder is checked here.
+    check_weight_files(folder, field, required=weights or ref is None)
     return folder
 
 
@@ -111,6 +114,24 @@ def local_path(location: str) -> Path:
     (pi0 given by Hub id, on a node that has not fetched it yet)."""
     path = Path(location)
     return path if path.exists() else resolve_model(location)
+
+
+def positions(folder: Path) -> int | None:
+    """How many positions the model in `folder` can attend over (its config's limit, times a RoPE scaling factor),
+    as vLLM derives it; None when the config does not say."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = config.get("text_config", config)
+    limit = next((config[key] for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+                  if isinstance(config.get(key), int)), None)
+    factor = (config.get("rope_scaling") or {}).get("factor") or 1.0
+    return None if limit is None else int(limit * factor)
+
+
+def fits(field: str, length: int, folder: Path, model: str) -> None:
+    """A context of `length` tokens fits the model's positions (what vLLM and transformers would refuse later)."""
+    limit = positions(folder)
+    if limit is not None and length > limit:
+        raise ConfigError(f"{field}: {length} tokens, more than the {limit} positions of '{model}'")
 
 
 def check_model_folder(folder: Path, field: str, kind: str = "causal") -> None:

@@ -36,6 +36,7 @@ from iterdpo.schedule import Schedule
 from iterdpo.seeds import eval_seed, round_seed
 from iterdpo.supervisor import Supervisor, wait_until_started
 from iterdpo.trackers import open_trackers
+from iterdpo.weights import check_weight_files
 
 __all__ = ["Orchestrator", "ParityError", "RunError", "PHASES"]
 
@@ -125,35 +126,24 @@ class Orchestrator:
         seed = round_seed(self.cfg.run.seed, index)
         round_dir = self.run_dir / f"round_{index:03d}"
         manifest = RoundManifest(round_dir / "manifest.json", index, settings, seed, self.cfg.to_dict())
-        bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
-        timer = PhaseTimer()
         self._trained = None
         self.supervisor.new_round()
-
-        def phase(name: str, work: Callable[[], T]) -> T:
-            bar.set_postfix_str(name)
-            with timer.phase(name):
-                result = self.supervisor.run(name, work)
-            manifest.phase_done(name)
-            bar.update(1)
-            return result
-
         start_hash, start = self.policy_hash, time.perf_counter()
-        samples = phase("generate", lambda: self.generate(index, settings, seed))
-        judged = phase("judge", lambda: self.judge(samples))
-        pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, seed))
-        pairs_ref = ray.put(pair_set.pairs)
-        reference = phase("reference", lambda: self.reference_logprobs(pairs_ref, settings, index))
-        trained = phase("train", lambda: self.train(pairs_ref, reference.scores, settings, index, seed))
-        parity = phase("sync_weights", lambda: self.sync_weights(samples))
-        evaluation = phase("evaluate", lambda: self.evaluate(index))
-        self._save_round(round_dir, samples, judged, pair_set)
-        outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation)
-        row = round_row(index, settings, outputs, start_hash, self.eval_baseline, dict(timer.times))
-        row.update(phase("gate", lambda: self.gate(index, row, settings, trained)))
-        bar.close()
+        with _Phases(self.supervisor, manifest, index) as phase:
+            samples = phase("generate", lambda: self.generate(index, settings, seed))
+            judged = phase("judge", lambda: self.judge(samples))
+            pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, seed))
+            pairs_ref = ray.put(pair_set.pairs)
+            reference = phase("reference", lambda: self.reference_logprobs(pairs_ref, settings, index))
+            trained = phase("train", lambda: self.train(pairs_ref, reference.scores, settings, index, seed))
+            parity = phase("sync_weights", lambda: self.sync_weights(samples))
+            evaluation = phase("evaluate", lambda: self.evaluate(index))
+            self._save_round(round_dir, samples, judged, pair_set)
+            outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation)
+            row = round_row(index, settings, outputs, start_hash, self.eval_baseline, dict(phase.timer.times))
+            row.update(phase("gate", lambda: self.gate(index, row, settings, trained)))
         row.update({"faults/actor_restarts": len(self.supervisor.restarted),
-                    "faults/restarted": list(self.supervisor.restarted), "time/gate": timer.times["time/gate"],
+                    "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
                     "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
         if row["alarm/chosen_logp_falling_rounds"] >= self.cfg.run.alarm_rounds:
             log.warning("ALARM: the chosen responses' log-prob has fallen %d rounds in a row (logps/chosen_drift < 0)",
@@ -185,6 +175,7 @@ class Orchestrator:
         if accepted:
             self.policy_hash = accepted[-1]["policy/end_hash"]
             self.accepted_weights = str(self.files.checkpoint(accepted[-1]["round"]))
+            check_weight_files(Path(self.accepted_weights), f"resume from round {accepted[-1]['round']}")
         self._probe = [(ids, response) for ids, response in zip(initial["prompt_ids"], initial["response_ids"])
                        if response][: self.cfg.sync.probe_sequences]
         self.restore("learner")
@@ -359,6 +350,30 @@ class Orchestrator:
         self.judges.kill()
         self.learners.kill()
         self.metrics.close()
+
+
+class _Phases:
+    """Runs a round's phases under the supervisor: each one timed, recorded in the manifest when done, and shown on
+    a progress bar that goes away with the round (however it ends)."""
+
+    def __init__(self, supervisor: Supervisor, manifest: RoundManifest, index: int) -> None:
+        self.supervisor, self.manifest = supervisor, manifest
+        self.timer = PhaseTimer()
+        self.bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
+
+    def __call__(self, name: str, work: Callable[[], T]) -> T:
+        self.bar.set_postfix_str(name)
+        with self.timer.phase(name):
+            result = self.supervisor.run(name, work)
+        self.manifest.phase_done(name)
+        self.bar.update(1)
+        return result
+
+    def __enter__(self) -> _Phases:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.bar.close()
 
 
 def _log_round(m: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ from iterdpo.config import Config, actor_resources, check_resources, round_setti
 from iterdpo.data import BUILTIN_REVIEWS, PromptSplit, load_prompts, prompt_length
 from iterdpo.errors import ConfigError
 from iterdpo.evaluation import SafetyPrompts
-from iterdpo.models import pin_model, resolve_model
+from iterdpo.models import fits, pin_model, resolve_model
+from iterdpo.records import Prompt
 from iterdpo.scorers.checks import check_scorer
 from iterdpo.trackers import check_installed
 
@@ -42,7 +43,8 @@ def preflight(cfg: Config) -> Plan:
     if prompts.conversations and not template:
         raise ConfigError(f"data.prompt_field: the prompts are conversations, but the policy '{model}' has no chat "
                           "template to render them")
-    longest = _check_prompt_lengths(cfg, prompts, tokenizer)
+    fits("generator.max_model_len", cfg.generator.max_model_len, resolve_model(model, weights=False), model)
+    longest = _check_prompt_lengths(cfg, prompts, safety_prompts, tokenizer)
     scorers = [check_scorer(spec) for spec in cfg.judge.scorers]
     pinned = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model),
                                  judge=dataclasses.replace(cfg.judge, scorers=[spec for spec, _ in scorers]))
@@ -76,8 +78,9 @@ def _architecture(model: str) -> str:
     return (config.get("architectures") or ["unknown architecture"])[0]
 
 
-def _check_prompt_lengths(cfg: Config, prompts: PromptSplit, tokenizer) -> int:
-    """Every prompt a run will use, as the engine sees it, leaves room for the response; returns the longest."""
+def _check_prompt_lengths(cfg: Config, prompts: PromptSplit, safety: SafetyPrompts, tokenizer) -> int:
+    """Every prompt a run will use, as the engine sees it, leaves room for its response; returns the longest
+    training or held-out prompt."""
     rounds = range(cfg.run.rounds)
     used = list(prompts.eval) + [p for i in rounds for p in prompts.for_round(i, cfg.data.prompts_per_round)]
     unique = list({id(prompt): prompt for prompt in used}.values())
@@ -87,6 +90,14 @@ def _check_prompt_lengths(cfg: Config, prompts: PromptSplit, tokenizer) -> int:
         if length > limit:
             raise ConfigError(f"data.prompts: a prompt has {length} tokens, more than generator.max_model_len - "
                               f"generator.max_new_tokens = {limit}: {prompt.text[:60]!r}")
+    suite = [(text, True) for text in safety.harmful + safety.benign] + [(text, False) for text in safety.toxicity]
+    room = cfg.generator.max_model_len - cfg.safety.max_new_tokens
+    for text, chat in suite:
+        length = prompt_length(tokenizer, Prompt(text), chat)
+        if length > room:
+            raise ConfigError(f"safety.max_new_tokens: a safety prompt has {length} tokens and leaves less than "
+                              f"{cfg.safety.max_new_tokens} of generator.max_model_len={cfg.generator.max_model_len}: "
+                              f"{text[:60]!r}")
     return max(lengths, default=0)
 
 

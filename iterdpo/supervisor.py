@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any, Callable, TypeVar
 
 import ray
 
-from iterdpo.errors import RunError
+from iterdpo.errors import ActorFailure, RunError
 
 log = logging.getLogger("iterdpo")
 
@@ -56,6 +57,12 @@ class Supervisor:
                     self.watch(role)
                     failed.discard(role)
                 return work()
+            except ray.exceptions.RayTaskError as err:
+                # An actor raised (its process lives on): nothing to restart, the run cannot go on. Ray's error
+                # names the actor's method in its first line ("ray::Judge.score() (pid=...)").
+                named = re.search(r"ray::(\w+)\.", str(err))
+                actor = named.group(1).lower() if named else "an"
+                raise ActorFailure(actor, phase, err.cause, str(err)) from None
             except ray.exceptions.RayActorError as err:
                 role = self._role_of(err)
                 log.warning("the %s actor died during %s (%s); restarting it and redoing the phase", role, phase,

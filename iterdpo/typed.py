@@ -51,6 +51,34 @@ NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
 NonNegativeFloat = Annotated[float, Range(ge=0)]
 Fraction = Annotated[float, Range(ge=0, lt=1)]  # a share of something, 1 excluded
+Share = Annotated[float, Range(gt=0, le=1)]  # a share of something, 0 excluded
+Probability = Annotated[float, Range(ge=0, le=1)]
+
+
+class DuplicateKey(Exception):
+    """A YAML mapping with the same key twice (YAML itself keeps the last one silently)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} at lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
+def unique_key_loader() -> type:
+    """A safe YAML loader that refuses a mapping with a repeated key (`DuplicateKey`, with both 1-based lines)."""
+    import yaml
+
+    class UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 class Invalid(ConfigError):
@@ -71,6 +99,10 @@ def unknown_key(key: str, names: typing.Iterable[str], prefix: str) -> ConfigErr
     return ConfigError(f"unknown config key '{dotted}'{did_you_mean(key, names, prefix + '.' if prefix else '')}")
 
 
+class _OutOfBounds(ConfigError):
+    """The value has the right type but breaks a constraint (a range, finiteness, a choice)."""
+
+
 def _type_name(tp: Any) -> str:
     return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
 
@@ -87,7 +119,7 @@ def convert(value: Any, tp: Any, where: str) -> Any:
         value = convert(value, inner, where)
         for constraint in constraints:
             if isinstance(constraint, Range) and not constraint.holds(value):
-                raise ConfigError(f"{where}: expected {constraint}, got {value!r}")
+                raise _OutOfBounds(f"{where}: expected {constraint}, got {value!r}")
         return value
     if origin is Literal:
         options = typing.get_args(tp)
@@ -95,7 +127,7 @@ def convert(value: Any, tp: Any, where: str) -> Any:
         if len(kinds) == 1 and not isinstance(value, bool) and not isinstance(value, *kinds):
             raise _mismatch(where, next(iter(kinds)).__name__, value)
         if value not in options or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected one of {list(options)}, got {value!r}{did_you_mean(value, options)}")
+            raise _OutOfBounds(f"{where}: expected one of {list(options)}, got {value!r}{did_you_mean(value, options)}")
         return value
     if origin in (Union, types.UnionType):
         errors = []
@@ -105,8 +137,8 @@ def convert(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         # A value of the right type that broke a constraint says so, rather than listing the union's types.
-        specific = [err for err in errors if "expected a value" in str(err) or "expected one of" in str(err)]
-        raise specific[0] if specific else _mismatch(where, _type_name(tp), value)
+        broken = [err for err in errors if isinstance(err, _OutOfBounds)]
+        raise broken[0] if broken else _mismatch(where, _type_name(tp), value)
     if dataclasses.is_dataclass(tp):
         if dataclasses.is_dataclass(value) and isinstance(value, tp):
             return value
@@ -132,7 +164,7 @@ def convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _mismatch(where, "float", value)
         if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+            raise _OutOfBounds(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is bool or tp is int:
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):

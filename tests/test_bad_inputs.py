@@ -28,6 +28,25 @@ def _files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "metrics.jsonl").write_text('{"round": 0}\n')
+    (tmp_path / "duplicate.yaml").write_text("round:\n  beta: 0.1\nrun: {rounds: 2}\nround:\n  epochs: 2\n")
+    _model_copies(tmp_path)
+
+
+def _model_copies(tmp_path):
+    """The tiny model with a truncated weight file, a corrupt header, and pickled weights only."""
+    import shutil
+
+    from iterdpo.models import resolve_model
+
+    source = resolve_model("builtin:tiny-qwen2")
+    for name in ("truncated", "corrupt", "pickled"):
+        shutil.copytree(source, tmp_path / name)
+    weights = tmp_path / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    corrupt = tmp_path / "corrupt" / "model.safetensors"
+    data = corrupt.read_bytes()
+    corrupt.write_bytes(data[:8] + b"{not json" + data[17:])
+    (tmp_path / "pickled" / "model.safetensors").rename(tmp_path / "pickled" / "pytorch_model.bin")
 
 
 # (name, yaml text or None, extra CLI arguments, words the one-line error must contain)
@@ -75,6 +94,31 @@ CASES = [
     ("model without tokenizer", "", ["model.path=@no_tokenizer"], ["no tokenizer"]),
     ("tokenizer without eos/pad", "", ["model.path=@no_eos"], ["eos_token", "pad_token"]),
     ("run dir holds a run", SMOKE, ["--run-dir", "@done"], ["already holds a run", "iterdpo resume"]),
+    # Non-finite and out-of-range numbers: refused with the library's own limits, before any model loads.
+    ("NaN beta", "", ["round.beta=.nan"], ["round.beta", "finite"]),
+    ("infinite learning rate", "", ["round.learning_rate=.inf"], ["round.learning_rate", "finite"]),
+    ("NaN gate threshold", "", ["gate.max_toxicity_rise=.nan"], ["gate.max_toxicity_rise", "finite"]),
+    ("NaN filter margin", "", ["pairs.min_margin=.nan"], ["pairs.min_margin", "finite"]),
+    ("top_p above 1", "", ["generator.top_p=1.5"], ["generator.top_p", "(0, 1]"]),
+    ("top_p zero", "", ["generator.top_p=0"], ["generator.top_p", "(0, 1]"]),
+    ("negative temperature", "", ["generator.temperature=-0.5"], ["generator.temperature", ">= 0"]),
+    ("engine memory share", "", ["generator.gpu_memory_utilization=1.5"], ["gpu_memory_utilization", "(0, 1]"]),
+    ("toxicity threshold", "", ["safety.toxicity_threshold=2"], ["safety.toxicity_threshold", "[0, 1]"]),
+    # Settings that cannot train, or cannot fit the model.
+    ("one sample per prompt", SMOKE, ["round.samples_per_prompt=1"], ["samples_per_prompt", "cannot form a pair"]),
+    ("context beyond the model", SMOKE, ["generator.max_model_len=4096", "generator.max_new_tokens=64"],
+     ["generator.max_model_len", "512 positions"]),
+    ("safety answers beyond the context", SMOKE, ["safety.max_new_tokens=250"], ["safety.max_new_tokens",
+                                                                                  "max_model_len=256"]),
+    ("YAML key twice", None, ["@duplicate.yaml"], ["'round' appears twice", "line 1", "line 4"]),
+    # Model folders, checked before any actor starts.
+    ("truncated weights", "", ["model.path=@truncated"], ["model.safetensors", "truncated"]),
+    ("corrupt weight header", "", ["model.path=@corrupt"], ["model.safetensors", "corrupt header"]),
+    ("pickled weights", "", ["model.path=@pickled"], ["pytorch_model.bin", "pickles are never loaded"]),
+    ("reward model missing", SMOKE, ["judge.scorers=[{kind: hf_reward_model, options: {path: /nonexistent/rm}}]"],
+     ["hf_reward_model.path", "/nonexistent/rm", "not found"]),
+    ("reward model not a classifier", SMOKE, ["judge.scorers=[{kind: hf_reward_model, options: {path: @truncated}}]"],
+     ["hf_reward_model.path", "expected a *ForSequenceClassification"]),
 ]
 
 

@@ -42,12 +42,13 @@ def test_a_round_where_every_pair_ties_is_a_counted_skip(ray_session, tmp_path):
 @pytest.mark.parametrize(("function", "words"), [("wrong_length", "returned 9 scores for 8 responses"),
                                                  ("always_raises", "judge backend unavailable")])
 def test_a_judge_that_fails_a_whole_batch_stops_the_round_with_a_clear_error(ray_session, tmp_path, function, words):
-    from ray.exceptions import RayTaskError
+    from iterdpo.errors import ActorFailure
 
-    with pytest.raises(RayTaskError) as failure:
+    with pytest.raises(ActorFailure) as failure:
         _run(tmp_path, _judge(function))
     message = str(failure.value.cause)
     assert "function" in message and words in message.replace("\n", " ")
+    assert (failure.value.actor, failure.value.phase) == ("judge", "evaluate") and "\n" not in str(failure.value)
 
 
 def test_prompts_longer_than_the_context_are_refused(ray_session, tmp_path):

@@ -17,10 +17,12 @@ STAND_INS = [f"model.path={hub_standin.POLICY}", f"data.prompts={hub_standin.PRO
              "run.num_cpus=2"]
 ONE_NODE = ["generator.num_cpus=0.5", "judge.num_cpus=0.5", "learner.num_cpus=1"]
 EIGHT_GPUS = ["generator.num_cpus=0.1", "judge.num_cpus=0.1", "learner.num_cpus=0.5"]
+RM = [f"judge.scorers.0.options.path={hub_standin.REWARD_MODEL}", "judge.scorers.0.options.max_length=512"]
 EXAMPLES = {
-    "single_gpu": ONE_NODE + [f"judge.scorers.0.options.path={hub_standin.REWARD_MODEL}"],
-    "single_gpu_llm_judge": ONE_NODE + [f"judge.scorers.0.options.model={hub_standin.POLICY}"],
-    "multi_gpu": EIGHT_GPUS + [f"judge.scorers.0.options.path={hub_standin.REWARD_MODEL}"],
+    "single_gpu": ONE_NODE + RM,
+    "single_gpu_llm_judge": ONE_NODE + [f"judge.scorers.0.options.model={hub_standin.POLICY}",
+                                        "judge.scorers.0.options.max_model_len=512"],
+    "multi_gpu": EIGHT_GPUS + RM,
 }
 
 
@@ -48,10 +50,10 @@ def test_each_example_checks_with_stand_ins(hub, name):
     (["learner.num_cpus=4"], ["actor resources", "run.num_cpus=2"]),
     (["round.samples_per_prompt=1"], ["round.samples_per_prompt", "cannot form a pair"]),
     (["judge.scorers.3.kind=vader"], ["judge.scorers", "a list of 1"]),
+    (["judge.scorers.0.options.max_length=4096"], ["hf_reward_model.max_length", "4096 tokens", "512 positions"]),
 ])
 def test_a_problem_is_one_line_and_exit_code_2(hub, overrides, words):
-    done = _check("configs/examples/single_gpu.yaml", *STAND_INS, *ONE_NODE,
-                  f"judge.scorers.0.options.path={hub_standin.REWARD_MODEL}", *overrides)
+    done = _check("configs/examples/single_gpu.yaml", *STAND_INS, *ONE_NODE, *RM, *overrides)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert all(word in lines[0] for word in words), lines[0]

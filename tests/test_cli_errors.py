@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,38 @@ def test_bad_config(tmp_path, yaml_text, overrides, needles):
 
 def test_missing_config_file(tmp_path):
     _assert_one_line_error(_run("run", str(tmp_path / "nope.yaml")), "nope.yaml", "not found")
+
+
+def test_storage_failures_are_told_apart_from_other_errors():
+    import errno
+
+    from iterdpo.errors import ActorFailure
+    from iterdpo.session import storage_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
+    assert storage_error(full) is full
+    assert storage_error(OSError(errno.EROFS, "Read-only file system")) is not None
+    in_actor = ActorFailure("learner", "gate", OSError(errno.EDQUOT, "Disk quota exceeded"), "remote traceback")
+    assert storage_error(in_actor).errno == errno.EDQUOT  # the learner could not write its checkpoint
+    assert storage_error(OSError(errno.ENOENT, "No such file")) is None
+    assert storage_error(RuntimeError("boom")) is None
+
+
+def test_a_failing_actor_is_one_line_and_its_traceback_goes_to_the_run_directory(tmp_path):
+    """A judge that fails every call: the console gets one line naming the actor, the phase and the cause, and
+    RUN_DIR/logs/ the tracebacks and Ray's logs."""
+    import os
+
+    run_dir = tmp_path / "run"
+    judge = "judge.scorers=[{kind: function, options: {path: 'battery_judges:always_raises'}, retries: 0}]"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run([sys.executable, "-m", "iterdpo", "run", "configs/smoke.yaml", "run.rounds=1", judge,
+                           "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("iterdpo: error: the judge actor failed during evaluate: ScorerError: scorer 'function'")
+    assert f"details in {run_dir / 'logs' / 'error.log'}" in last and "iterdpo resume" in last
+    details = (run_dir / "logs" / "error.log").read_text()
+    assert "Traceback" in details and "judge backend unavailable" in details
+    assert list((run_dir / "logs" / "ray").glob("worker-*.err"))  # the actors' own output, from Ray's session
+    assert "run directory" in (run_dir / "logs" / "iterdpo.log").read_text()

@@ -8,7 +8,7 @@ import importlib.util
 from typing import Callable
 
 from iterdpo.errors import ConfigError
-from iterdpo.models import pin_model, resolve_model
+from iterdpo.models import fits, pin_model, resolve_model
 from iterdpo.package_data import package_data_file
 from iterdpo.scorers.specs import ScorerSpec
 
@@ -20,9 +20,10 @@ def _hf_reward_model(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
 
     options = spec.parsed_options()
     pinned = pin_model(options.path, FIELD, kind="classifier")
-    config = AutoConfig.from_pretrained(resolve_model(pinned, FIELD, "classifier", weights=False),
-                                        trust_remote_code=False)
+    folder = resolve_model(pinned, FIELD, "classifier", weights=False)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     label_index(config, options.label)
+    fits("hf_reward_model.max_length", options.max_length, folder, pinned)
     labels = "one score" if config.num_labels == 1 else f"P({options.label}) of {config.num_labels} labels"
     return _with(spec, path=pinned), f"reward model {pinned} ({config.architectures[0]}, {labels})"
 
@@ -32,8 +33,9 @@ def _llm_judge(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
 
     options = spec.parsed_options()
     pinned = pin_model(options.model, f"{FIELD}.model")
-    prompts = RatingPrompts(resolve_model(pinned, f"{FIELD}.model", weights=False), options.template,
-                            options.ratings, options.chat)
+    folder = resolve_model(pinned, f"{FIELD}.model", weights=False)
+    fits(f"{FIELD}.max_model_len", options.max_model_len, folder, pinned)
+    prompts = RatingPrompts(folder, options.template, options.ratings, options.chat)
     rubric = options.template or "the built-in rubric"
     return _with(spec, model=pinned), (f"LLM judge {pinned} ({rubric}, ratings {options.ratings}, "
                                        f"{'as a chat turn' if prompts.chat else 'as plain text'})")
