@@ -138,7 +138,7 @@ set -u
 mount -t tmpfs -o size=512m tmpfs "$MOUNT"
 "$PYTHON" -m iterdpo run $ARGS --run-dir "$MOUNT/run" 2> "$OUT/first.err" &
 pid=$!
-until [ "$(grep -c . "$MOUNT/run/metrics.jsonl" 2>/dev/null)" -ge 2 ]; do
+until [ "$(cat "$MOUNT/run/metrics.jsonl" 2>/dev/null | wc -l)" -ge 2 ]; do
   kill -0 $pid 2>/dev/null || break
   sleep 0.02
 done
