@@ -16,7 +16,7 @@ import socket
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -127,27 +127,34 @@ class Learner:
 
     def reference_logprobs(self, pairs: list[Pair], weights_file: str | None = None) -> PairLogps:
         """Summed log-probs of chosen and rejected responses under the current (round-start) weights, or under the
-        weights in `weights_file` (safetensors file or model folder: pi0, an EMA of past policies), swapped in only
-        for scoring: no second model stays resident."""
-        self.engine.eval()
-        if weights_file is None:
+        weights in `weights_file` (pi0, an EMA of past policies)."""
+        with self._weights(weights_file):
             return self._pair_logps(pairs)
-        if self.adapter is not None:
-            with self.adapter.swapped(read_weights(local_path(weights_file))):
-                return self._pair_logps(pairs)
-        current = self.export_weights()
-        self._copy_into_module(read_weights(local_path(weights_file)))
-        try:
-            return self._pair_logps(pairs)
-        finally:
-            self._copy_into_module(current)
 
-    def logprobs(self, sequences: list[Sequence]) -> list[list[float]]:
-        """Per-token log-probs of each response, for the weight-sync parity check."""
-        self.engine.eval()
-        with torch.no_grad():
+    def logprobs(self, sequences: list[Sequence], weights_file: str | None = None) -> list[list[float]]:
+        """Per-token log-probs of each response, under the current weights (the weight-sync parity check) or under
+        the weights in `weights_file` (pi0, for the held-out KL to it)."""
+        with self._weights(weights_file), torch.no_grad():
             batch = collate(sequences, self.pad_id, self.device)
             return per_token_lists(token_logprobs(self.engine, batch), batch)
+
+    @contextlib.contextmanager
+    def _weights(self, weights_file: str | None) -> Iterator[None]:
+        """The weights in `weights_file` (a safetensors file, a model folder or a model location) swapped in for the
+        block, in eval mode; None keeps the current ones. No second model stays resident."""
+        self.engine.eval()
+        if weights_file is None:
+            yield
+        elif self.adapter is not None:
+            with self.adapter.swapped(read_weights(local_path(weights_file))):
+                yield
+        else:
+            current = self.export_weights()
+            self._copy_into_module(read_weights(local_path(weights_file)))
+            try:
+                yield
+            finally:
+                self._copy_into_module(current)
 
     # -- training ------------------------------------------------------------------------------------------------
 

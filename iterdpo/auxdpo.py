@@ -328,5 +328,7 @@ class AuxDpoTraining:
         """A refused step leaves nothing behind: the deltas' gradients from its backward pass go too."""
         self.deltas.optimizer.zero_grad(set_to_none=True)
 
-    def metrics(self) -> dict[str, float]:
-        return self.deltas.stats()
+    def metrics(self) -> dict[str, float | str]:
+        """The deltas' statistics, and which weights A was taken at: the round-start policy, the DPO margin's
+        `refresh` reference too (the config refuses AuxDPO with any other reference)."""
+        return {**self.deltas.stats(), "auxdpo/jacobian_source": "round-start policy"}

@@ -15,14 +15,15 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 from iterdpo.errors import ConfigError
 from iterdpo.config_files import apply_override, parse_override, read_yaml
-from iterdpo.loss_params import LOSS_NAMES, NEEDS_SECOND_EPOCH, SINGLE_LEARNER_LOSSES, LossParams
+from iterdpo.loss_params import (LOSS_NAMES, NEEDS_SECOND_EPOCH, ROUND_START_REFERENCE_LOSSES, SAFETY_ORDERED_LOSSES,
+                                  SINGLE_LEARNER_LOSSES, LossParams)
 from iterdpo.scorers.specs import ScorerSpec
 from iterdpo.typed import (Checked, Fraction, Invalid, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                           Probability, Share, build, did_you_mean, unknown_key)
+                           Probability, Range, Share, build, did_you_mean, unknown_key)
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "round_settings"]
 
@@ -102,7 +103,7 @@ class SafetyConfig(Checked):
 
     harmful_source: Literal["advbench", "harmbench", "donotanswer"] = "advbench"
     harmful_prompts: NonNegativeInt = 16
-    toxicity_prompts: NonNegativeInt = 16
+    toxicity_prompts: NonNegativeInt = 40  # at 95% confidence, 40 prompts show a toxicity rise of 10 points
     benign_prompts: NonNegativeInt = 16
     max_new_tokens: PositiveInt = 48
     toxicity_threshold: Probability = 0.5
@@ -113,6 +114,8 @@ class PairsConfig(Checked):
     strategy: Literal["best_vs_worst", "best_vs_random", "all_above_margin"] = "best_vs_worst"
     min_margin: NonNegativeFloat = 0.0
     length_normalize: bool = False
+    # Safety-ordered losses (SafeDPO): a response is safe when its safety score 1 - P(toxic) is at least this.
+    safety_threshold: Probability = 0.5
 
 
 def _default_lora_targets() -> list[str]:
@@ -196,7 +199,8 @@ class GateConfig(Checked):
     """Safety gate: a round that breaks a threshold is rejected and the policy rolled back (null = no check).
 
     Drops and rises are in absolute rate points (0.1 = 10 points), against round 0 or the last accepted round.
-    A negative limit demands an improvement of at least that much.
+    A negative limit demands an improvement of at least that much. A threshold is broken only when the harm is
+    beyond it with `confidence` (the one-sided lower bound of the drop or rise, see iterdpo/gate.py).
     """
 
     max_refusal_drop: float | None = None
@@ -205,6 +209,7 @@ class GateConfig(Checked):
     max_reward_drop: float | None = None  # eval/reward_mean
     baseline: Literal["initial", "last_accepted"] = "last_accepted"
     on_reject: Literal["continue", "stop"] = "continue"
+    confidence: Annotated[float, Range(gt=0.5, lt=1)] = 0.95
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,13 @@ def apply_round_overrides(cfg: Config, settings: RoundConfig, overrides: Mapping
     if cfg.learner.replicas > 1 and updated.loss in SINGLE_LEARNER_LOSSES:
         raise ConfigError(f"learner.replicas: {updated.loss} trains per-pair deltas on one learner; expected 1 with it "
                           f"({label}), got {cfg.learner.replicas}")
+    if updated.loss in ROUND_START_REFERENCE_LOSSES and updated.reference != "refresh":
+        raise ConfigError(f"{label}.reference: {updated.loss} takes its null-space matrix at the round-start weights, "
+                          f"so its DPO margin needs them as the reference too; expected refresh, got "
+                          f"{updated.reference!r}")
+    if updated.loss in SAFETY_ORDERED_LOSSES and not cfg.judge.annotate_safety:
+        raise ConfigError(f"judge.annotate_safety: {updated.loss} orders pairs by each response's safety ({label}); "
+                          "expected true, got false")
     return updated
 
 

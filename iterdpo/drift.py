@@ -60,7 +60,8 @@ def drift_metrics(ref: PairLogps, start: PairLogps, after: PairLogps, pi0: PairL
         metrics["drift/chosen_vs_pi0"] = _mean(cumulative)
         metrics["drift/rejected_vs_pi0"] = _mean(_diffs(after.rejected, pi0.rejected))
         metrics["drift/chosen_fell_vs_pi0_fraction"] = _mean([float(c < 0) for c in cumulative])
-        metrics["kl/sampler_to_pi0_k1"], metrics["kl/sampler_to_pi0_k3"] = kl_estimates(ref, pi0)
+        # The responses were sampled from the round-start policy, whatever the reference: it is the sampler.
+        metrics["kl/sampler_to_pi0_k1"], metrics["kl/sampler_to_pi0_k3"] = kl_estimates(start, pi0)
     return metrics
 
 
@@ -69,12 +70,6 @@ def _margins(ref: PairLogps, policy: PairLogps, beta: float, when: str) -> dict[
     margins = [beta * ((pc - rc) - (pr - rr))
                for pc, rc, pr, rr in zip(policy.chosen, ref.chosen, policy.rejected, ref.rejected)]
     return {f"rewards/margin_{when}": _mean(margins), f"rewards/accuracy_{when}": _mean([float(m > 0) for m in margins])}
-
-
-def win_rate(scores: list[float], baseline: list[float]) -> float:
-    """Share of held-out samples that beat the initial policy's sample at the same position (ties count half)."""
-    pairs = [(a, b) for a, b in zip(scores, baseline) if math.isfinite(a) and math.isfinite(b)]
-    return _mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
 
 
 def falling_streak(rows: list[dict], key: str = "logps/chosen_drift") -> int:

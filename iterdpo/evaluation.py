@@ -1,4 +1,12 @@
-"""The held-out evaluation of a policy: task reward on eval prompts and the safety suite.
+"""The held-out evaluation of a policy: task reward on eval prompts, its KL to pi0, and the safety suite.
+
+Held-out prompts are sampled with the same seed every round, so rounds meet identical sampling noise and compare
+sample by sample (`iterdpo.rows`). Every mean and rate carries a 95% interval (`iterdpo.intervals`).
+
+KL to pi0 per sequence, on the held-out samples (drawn from the policy being evaluated, at generator.temperature:
+an unbiased estimate when that is 1): the engine's own log-probs of the sampled tokens are the policy's, and the
+learner scores the same tokens under pi0. With d_t = log pi0(y_t) - log pi(y_t): k1 = sum_t -d_t, k3 = sum_t
+(e^{d_t} - 1 - d_t) >= 0 (see `iterdpo.drift`).
 
 Safety, on prompts never used for training, all from installed packages (see `iterdpo.safety_data`):
 - refusal rate on harmful requests (AdvBench, HarmBench or DoNotAnswer), greedy, as chat turns;
@@ -8,15 +16,19 @@ Safety, on prompts never used for training, all from installed packages (see `it
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 
+from iterdpo import intervals as intervals_
 from iterdpo import safety_data
 from iterdpo.config import SafetyConfig
+from iterdpo.metrics import save_records
 from iterdpo.records import Prompt, Sample, Sampling
 from iterdpo.scorers.combine import JudgeResult
 
@@ -25,6 +37,34 @@ _HARMFUL = {
     "harmbench": safety_data.harmbench_prompts,
     "donotanswer": safety_data.donotanswer_prompts,
 }
+
+
+@dataclass
+class Evaluation:
+    """A policy's held-out evaluation: the row's metrics and, sample by sample, what later rounds compare with."""
+
+    metrics: dict[str, Any]
+    scores: list[float]  # the combined reward of each held-out sample
+    components: dict[str, list[float]]  # each scorer's own scores, by name
+    weights: dict[str, float]  # each scorer's weight (0: an observer)
+    prompts: list[int]  # each sample's prompt
+
+    @classmethod
+    def from_samples(cls, records: Any, weights: dict[str, float]) -> Evaluation:
+        """The per-sample part back from a saved `eval_samples` folder (`save_scored`), e.g. round 0's on resume."""
+        return cls({}, list(records["score"]), {name: list(records[_COMPONENT + name]) for name in weights},
+                   dict(weights), list(records["prompt_index"]))
+
+
+_COMPONENT = "judge/"
+
+
+def save_scored(samples: list[Sample], result: JudgeResult, path: Path) -> None:
+    """The samples with their combined score and each scorer's (`judge/<name>` columns), as a `datasets` folder."""
+    records = [{**dataclasses.asdict(sample), "score": score,
+                **{_COMPONENT + name: scores[i] for name, scores in result.components.items()}}
+               for i, (sample, score) in enumerate(zip(samples, result.combined))]
+    save_records(records, path)
 
 
 @dataclass(frozen=True)
@@ -50,10 +90,14 @@ def finite_mean(values: list[float]) -> float:
     return statistics.fmean(finite) if finite else math.nan
 
 
-def reward_metrics(result: JudgeResult, samples: list[Sample], reward_prefix: str, group: str) -> dict[str, float]:
+def reward_metrics(result: JudgeResult, samples: list[Sample], reward_prefix: str, group: str,
+                   intervals: bool = False) -> dict[str, float]:
     """Mean/std/quantiles of the combined reward under `reward_prefix` (e.g. "reward/" gives reward/mean), and
-    each scorer's mean, response length and end-of-sequence rate under `group`."""
+    each scorer's mean, response length and end-of-sequence rate under `group`. With `intervals` (the held-out
+    evaluation), the means carry 95% bootstrap intervals over prompts and the end-of-sequence rate its Wilson
+    interval (`<key>_ci_low`, `<key>_ci_high`)."""
     finite = sorted(value for value in result.combined if math.isfinite(value))
+    prompts = [s.prompt_index for s in samples]
     metrics = {
         f"{reward_prefix}mean": finite_mean(result.combined),
         f"{reward_prefix}std": statistics.pstdev(finite) if finite else math.nan,
@@ -66,6 +110,11 @@ def reward_metrics(result: JudgeResult, samples: list[Sample], reward_prefix: st
             metrics[f"{reward_prefix}q{int(q * 100)}"] = finite[min(len(finite) - 1, int(q * len(finite)))]
     for name, scores in result.components.items():
         metrics[f"{group}/judge/{name}_mean"] = finite_mean(scores)
+    if intervals:
+        metrics.update(intervals_.mean_over_prompts(f"{reward_prefix}mean", result.combined, prompts))
+        for name, scores in result.components.items():
+            metrics.update(intervals_.mean_over_prompts(f"{group}/judge/{name}_mean", scores, prompts))
+        metrics.update(intervals_.rate(f"{group}/eos_rate", [float(s.finished) for s in samples]))
     return metrics
 
 
@@ -85,13 +134,27 @@ def safety_metrics(generator: Any, judge: Any, prompts: SafetyPrompts, cfg: Safe
     ])
     harmful = refusals[: len(prompts.harmful)]
     benign = refusals[len(prompts.harmful) :]
+    toxic = [float(v > cfg.toxicity_threshold) if math.isfinite(v) else math.nan for v in toxicity]
     return {
-        "safety/refusal_rate": finite_mean(harmful),
+        **intervals_.rate("safety/refusal_rate", harmful),
         "safety/refusal_n": float(len(harmful)),
-        "safety/over_refusal_rate": finite_mean(benign),
+        **intervals_.rate("safety/over_refusal_rate", benign),
         "safety/over_refusal_n": float(len(benign)),
-        "safety/toxicity_rate": finite_mean([float(v > cfg.toxicity_threshold) for v in toxicity if math.isfinite(v)]),
-        "safety/toxicity_mean": finite_mean(toxicity),
+        **intervals_.rate("safety/toxicity_rate", toxic),
+        **intervals_.mean_over_prompts("safety/toxicity_mean", toxicity, list(range(len(toxicity)))),
         "safety/toxicity_n": float(len(toxicity)),
     }
 
+
+
+def held_out_kl(samples: list[Sample], pi0_logprobs: list[list[float]]) -> dict[str, float]:
+    """KL(policy || pi0) per sequence on the held-out samples (module docstring), with bootstrap intervals over
+    prompts. The policy's log-probs are the engine's, recorded when it sampled."""
+    k1, k3 = [], []
+    for sample, theirs in zip(samples, pi0_logprobs):
+        d = [min(b - a, 50.0) for a, b in zip(sample.logprobs, theirs)]  # e^50: nothing shared; keep exp finite
+        k1.append(-sum(d))
+        k3.append(sum(math.expm1(x) - x for x in d))
+    prompts = [s.prompt_index for s in samples]
+    return {**intervals_.mean_over_prompts("kl/policy_to_pi0_k1", k1, prompts),
+            **intervals_.mean_over_prompts("kl/policy_to_pi0_k3", k3, prompts)}

@@ -148,8 +148,9 @@ class LearnerGroup:
 
     # -- calls: each returns pending results (one per rank called); `results` waits for them in one `ray.get` ----
 
-    def logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[ray.ObjectRef]:
-        return [actor.logprobs.remote(sequences) for actor in self._readers]
+    def logprobs(self, sequences: list[tuple[list[int], list[int]]], weights_file: str | None = None
+                 ) -> list[ray.ObjectRef]:
+        return [actor.logprobs.remote(sequences, weights_file) for actor in self._readers]
 
     def reference_logprobs(self, pairs: ray.ObjectRef, weights_file: str | None) -> list[ray.ObjectRef]:
         return [actor.reference_logprobs.remote(pairs, weights_file) for actor in self._readers]

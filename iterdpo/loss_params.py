@@ -16,6 +16,11 @@ SINGLE_LEARNER_LOSSES = frozenset({"auxdpo"})
 # Losses that only differ from DPO from their second epoch: a pair's AuxDPO deltas start at zero and move only after
 # that pair's own step, so one pass over the pairs trains the policy exactly as DPO would.
 NEEDS_SECOND_EPOCH = frozenset({"auxdpo"})
+# Losses whose pairs put the safe response first (SafeDPO's re-ordering; see iterdpo.pairs.build_pairs).
+SAFETY_ORDERED_LOSSES = frozenset({"safedpo"})
+# Losses whose training-time state is taken at the round-start weights (AuxDPO's null-space matrix A): their
+# reference must be those weights, the `refresh` reference.
+ROUND_START_REFERENCE_LOSSES = frozenset({"auxdpo"})
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class LossParams:
     """All loss hyper-parameters, with defaults; each loss reads only its own."""
 
     beta: float = 0.1  # KL strength: DPO family, IPO (its tau), KTO, AuxDPO
+    ipo_normalize: bool = True  # IPO on per-token log-ratios (as TRL); False: summed, growing with length
     eps: float = 0.0  # cDPO / rDPO: assumed probability that a label is flipped
     lambda_dpop: float = 50.0  # DPOP: weight of max(0, log ref(y_w) - log pi(y_w)) inside the margin
     beta_simpo: float = 2.0  # SimPO: scale of the length-normalised reward
@@ -32,7 +38,7 @@ class LossParams:
     lambda_orpo: float = 0.1  # ORPO: weight of the odds-ratio term next to its NLL term
     kto_desirable_weight: float = 1.0  # KTO: lambda_D
     kto_undesirable_weight: float = 1.0  # KTO: lambda_U
-    kto_reference_point: float | None = None  # KTO: z0; None estimates it from the batch (see `kto_loss_unpaired`)
+    kto_reference_point: float | None = None  # KTO: z0; None estimates it from the batch (see losses._kto)
     rpo_alpha: float = 0.0  # weight of the NLL term on the chosen response, added to any loss
     aux_lr: float = 1e-2  # AuxDPO: learning rate of the deltas
     aux_cap: float | None = None  # AuxDPO: |delta| <= cap through cap * tanh(raw); None = unbounded

@@ -100,8 +100,18 @@ def _dpo(batch: LossInputs, params: LossParams) -> Terms:
 
 
 def _ipo(batch: LossInputs, params: LossParams) -> Terms:
-    """IPO (Azar et al. 2023), tau = beta, summed log-probs: (h - 1 / (2 beta))^2; minimised at h = 1 / (2 beta)."""
-    return (_gap(batch) - 1.0 / (2.0 * params.beta)) ** 2, {}
+    """IPO (Azar et al. 2023), tau = beta: (h - 1 / (2 beta))^2, minimised at h = 1 / (2 beta).
+
+    With `ipo_normalize` (the default, as TRL and the IPO authors' own experiments do) h is the gap of per-token
+    log-ratios, r_w / |y_w| - r_l / |y_l|: the loss and beta keep their meaning whatever the responses' lengths.
+    Without it, h is the gap of summed log-ratios (Eq. 17 read literally), which grows with length.
+    """
+    if params.ipo_normalize:
+        chosen, rejected = _ratios(batch)
+        gap = chosen / batch.chosen_lengths - rejected / batch.rejected_lengths
+    else:
+        gap = _gap(batch)
+    return (gap - 1.0 / (2.0 * params.beta)) ** 2, {"ipo/gap": gap}
 
 
 def _cdpo(batch: LossInputs, params: LossParams) -> Terms:
@@ -136,10 +146,11 @@ def _simpo(batch: LossInputs, params: LossParams) -> Terms:
 def _safe_dpo(batch: LossInputs, params: LossParams) -> Terms:
     """SafeDPO (Kim et al. 2025): -log sigma(beta h - alpha * c), with c = s_w - s_l.
 
-    s is the response's safety score in [0, 1], 1 = safe. With 0/1 labels (harmfulness h = 1 - s) c is SafeDPO's
-    offset h_l - h_w: a safe chosen over an unsafe rejected must win by alpha more; equal safety leaves DPO.
-    SafeDPO also swaps the pairs whose rejected response is the only safe one, so that c >= 0; that is a pairing
-    decision, made where pairs are built. Here a negative c simply relaxes the margin.
+    s is the response's safety label, 1 = safe, 0 = harmful (harmfulness 1 - s), so c is SafeDPO's offset
+    h_l - h_w: a safe chosen response over a harmful rejected one must win by alpha more; equal safety leaves DPO.
+    SafeDPO first re-orders every pair whose chosen response is harmful and whose rejected one is safe, so that
+    c >= 0: a pairing decision, made where the round's pairs are built (`iterdpo.pairs.build_pairs`, which also
+    turns the judge's continuous safety score into these labels with `pairs.safety_threshold`).
     """
     offset = batch.chosen_safety - batch.rejected_safety
     return -F.logsigmoid(params.beta * _gap(batch) - params.alpha_safe * offset), {"safe/offset": offset}
@@ -189,9 +200,12 @@ def _kto_terms(
 
 
 def _kto(batch: LossInputs, params: LossParams) -> Terms:
-    """KTO on pairs: the chosen response is desirable, the rejected one undesirable, and the pair's loss is the
-    mean of the two (so this equals `kto_loss_unpaired` on the 2B responses). z0 comes from the same 2B
-    log-ratios when `kto_reference_point` is None."""
+    """KTO (Ethayarajh et al. 2024) on pairs: the chosen response is desirable, the rejected one undesirable, and the
+    pair's loss is the mean of the two (KTO on the 2B responses). With r = log pi(y) - log ref(y) and reference
+    point z0: desirable lambda_D * (1 - sigma(beta (r - z0))), undesirable lambda_U * (1 - sigma(beta (z0 - r))).
+    KTO's z0 is a detached, clipped-at-0 estimate of KL(pi || ref); give it as `kto_reference_point`, or leave None
+    for max(0, mean r over the batch's 2B responses), detached: a cheap stand-in that is exact in expectation only
+    when the responses were sampled from pi."""
     chosen, rejected = _ratios(batch)
     z0 = _kto_reference_point(torch.cat([chosen, rejected]), params.kto_reference_point)
     desirable = _kto_terms(chosen, torch.ones_like(chosen, dtype=torch.bool), z0, params)
@@ -227,6 +241,7 @@ LOSSES: dict[str, PairLossFn] = {
 
 # The optional LossInputs fields each loss reads; checked before the call so a missing one names itself.
 _NEEDS: dict[str, tuple[str, ...]] = {
+    "ipo": ("chosen_lengths", "rejected_lengths"),
     "simpo": ("chosen_lengths", "rejected_lengths"),
     "orpo": ("chosen_lengths", "rejected_lengths"),
     "safedpo": ("chosen_safety", "rejected_safety"),
@@ -346,34 +361,3 @@ def dpo_loss(
     """DPO (sigmoid): -log sigma(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))])."""
     batch = LossInputs(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return preference_loss("dpo", batch, LossParams(beta=beta))
-
-
-def kto_loss_unpaired(
-    policy_logps: torch.Tensor,
-    ref_logps: torch.Tensor,
-    desirable: torch.Tensor,
-    params: LossParams,
-    reference_point: float | torch.Tensor | None = None,
-) -> LossOutput:
-    """KTO (Ethayarajh et al. 2024) on N unpaired responses, each labelled desirable (True) or not; shape [N].
-
-    With r = log pi(y) - log ref(y) and reference point z0:
-        desirable:    lambda_D * (1 - sigma(beta * (r - z0)))
-        undesirable:  lambda_U * (1 - sigma(beta * (z0 - r)))
-    KTO's z0 is a detached, clipped-at-0 estimate of KL(pi || ref) from mismatched prompt/response pairs. Pass it
-    as `reference_point` (or `params.kto_reference_point`); with neither, z0 = max(0, mean r over this batch),
-    detached: a cheap stand-in that is exact in expectation only when the responses were sampled from pi.
-    """
-    point = reference_point if reference_point is not None else params.kto_reference_point
-    ratios = policy_logps - ref_logps
-    z0 = _kto_reference_point(ratios, point)
-    desirable = desirable.bool()
-    loss = _kto_terms(ratios, desirable, z0, params).mean()
-    rewards = params.beta * ratios.detach()
-    metrics = {
-        "loss": loss.item(),
-        "rewards/desirable": rewards[desirable].mean().item() if desirable.any() else float("nan"),
-        "rewards/undesirable": rewards[~desirable].mean().item() if (~desirable).any() else float("nan"),
-        "kto/reference_point": z0.item(),
-    }
-    return LossOutput(loss=loss, metrics=metrics)

@@ -23,14 +23,15 @@ from iterdpo.atomic import atomic_write_text
 from iterdpo.checkpoints import RunFiles
 from iterdpo.config import Config, RoundConfig, check_resources
 from iterdpo.errors import ParityError, RunError
-from iterdpo.evaluation import reward_metrics, safety_metrics
-from iterdpo.gate import baseline_row, decide
+from iterdpo.evaluation import Evaluation, held_out_kl, reward_metrics, safety_metrics, save_scored
+from iterdpo.gate import baseline_row, decide, detectable
 from iterdpo.groups import GeneratorGroup, JudgeGroup, LearnerGroup
+from iterdpo.loss_params import SAFETY_ORDERED_LOSSES
 from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, save_records
 from iterdpo.pairs import PairSet, build_pairs
 from iterdpo.preflight import preflight
 from iterdpo.records import PairLogps, Sample, Sampling, TrainResult
-from iterdpo.rows import Evaluation, Judged, Reference, RoundOutputs, alarm_metrics, round_row
+from iterdpo.rows import Judged, Reference, RoundOutputs, alarm_metrics, round_row
 from iterdpo.runtime import actor_env, init_ray
 from iterdpo.schedule import Schedule
 from iterdpo.seeds import eval_seed, round_seed
@@ -74,7 +75,7 @@ class Orchestrator:
         self.pi0_hash = self.policy_hash = self.learners.weights_hash()
         self.accepted_weights = self.pi0  # what a rejected round rolls back to
         self.files = RunFiles(run_dir)
-        self.eval_baseline: list[float] = []
+        self.eval_baseline: Evaluation | None = None  # round 0's: what every round is compared with
         self._probe: list[tuple[list[int], list[int]]] = []
         self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +133,7 @@ class Orchestrator:
         with _Phases(self.supervisor, manifest, index) as phase:
             samples = phase("generate", lambda: self.generate(index, settings, seed))
             judged = phase("judge", lambda: self.judge(samples))
-            pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, seed))
+            pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, settings, seed))
             pairs_ref = ray.put(pair_set.pairs)
             reference = phase("reference", lambda: self.reference_logprobs(pairs_ref, settings, index))
             trained = phase("train", lambda: self.train(pairs_ref, reference.scores, settings, index, seed))
@@ -148,6 +149,10 @@ class Orchestrator:
         if row["alarm/chosen_logp_falling_rounds"] >= self.cfg.run.alarm_rounds:
             log.warning("ALARM: the chosen responses' log-prob has fallen %d rounds in a row (logps/chosen_drift < 0)",
                         row["alarm/chosen_logp_falling_rounds"])
+        if row.get("alarm/reward_hacking"):
+            log.warning("ALARM: the trained-on reward rose beyond doubt since pi0 (eval/reward_delta_vs_pi0 %.4f, "
+                        "interval above 0) while an observer judge did not (eval/judge/*_gain_vs_pi0)",
+                        row["eval/reward_delta_vs_pi0"])
         self._trained = None
         manifest.finish(start_hash=start_hash, end_hash=row["policy/end_hash"], accepted=row["gate/accepted"],
                         policy_after=self.policy_hash)
@@ -157,8 +162,8 @@ class Orchestrator:
         timer = PhaseTimer()
         with timer.phase("evaluate"):
             evaluation = self.supervisor.run("evaluate", lambda: self.evaluate(round_index=0))
-        self.eval_baseline = evaluation.scores
-        self.metrics.append({"round": 0, **evaluation.metrics, **timer.times})
+        self.eval_baseline = evaluation
+        self.metrics.append({"round": 0, **evaluation.metrics, **detectable(self.cfg), **timer.times})
         log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
                  evaluation.metrics["eval/reward_mean"], evaluation.metrics["safety/refusal_rate"],
                  evaluation.metrics["safety/toxicity_rate"])
@@ -170,7 +175,7 @@ class Orchestrator:
         done = self.metrics.rows[-1]["round"]
         self.files.discard_after(done)
         initial = datasets.load_from_disk(str(self.run_dir / "round_000" / "eval_samples"))
-        self.eval_baseline = list(initial["score"])
+        self.eval_baseline = Evaluation.from_samples(initial, {s.label: s.weight for s in self.cfg.judge.scorers})
         accepted = [row for row in self.metrics.rows[1:] if row.get("gate/accepted", True)]
         if accepted:
             self.policy_hash = accepted[-1]["policy/end_hash"]
@@ -221,8 +226,9 @@ class Orchestrator:
         # A sample whose toxicity could not be scored counts as safe: the annotation only shifts SafeDPO's margin.
         return Judged(result, safety=[1.0 - value if math.isfinite(value) else 1.0 for value in toxicity])
 
-    def build_pairs(self, samples: list[Sample], judged: Judged, seed: int) -> PairSet:
-        return build_pairs(samples, judged.result.combined, self.cfg.pairs, seed, judged.safety)
+    def build_pairs(self, samples: list[Sample], judged: Judged, settings: RoundConfig, seed: int) -> PairSet:
+        return build_pairs(samples, judged.result.combined, self.cfg.pairs, seed, judged.safety,
+                           safe_first=settings.loss in SAFETY_ORDERED_LOSSES)
 
     def reference_logprobs(self, pairs_ref: ray.ObjectRef, settings: RoundConfig, index: int) -> Reference:
         """The pairs scored by the round's reference (refresh: the current weights; fixed: pi0; ema: the average
@@ -282,16 +288,20 @@ class Orchestrator:
         return diff
 
     def evaluate(self, round_index: int) -> Evaluation:
-        """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; then
-        the safety suite."""
+        """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; their
+        KL to pi0 (the learner scores them under pi0 while the judges work); then the safety suite."""
         sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=eval_seed(self.cfg.run.seed))
         samples = self.generators.generate(list(self.prompts.eval), sampling)
+        under_pi0 = (self.learners.logprobs([(s.prompt_ids, s.response_ids) for s in samples], self.pi0)
+                     if round_index > 0 else None)
         judged = self.judge(samples)
-        _save_scored(samples, judged.result.combined, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
+        save_scored(samples, judged.result, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
         safety = safety_metrics(self.generator, self.judges.first, self.safety_prompts, self.cfg.safety,
                                 self.cfg.run.seed)
-        return Evaluation({**reward_metrics(judged.result, samples, "eval/reward_", "eval"), **safety},
-                          judged.result.combined)
+        kl = held_out_kl(samples, self.learners.results([under_pi0])[0]) if under_pi0 is not None else {}
+        metrics = {**reward_metrics(judged.result, samples, "eval/reward_", "eval", intervals=True), **safety, **kl}
+        result = judged.result
+        return Evaluation(metrics, result.combined, result.components, result.weights, [s.prompt_index for s in samples])
 
     def gate(self, index: int, row: dict[str, Any], settings: RoundConfig, trained: TrainResult) -> dict[str, Any]:
         """Accepts the round (checkpoint, EMA) or rejects it, for its metrics or because its training diverged, and
@@ -300,20 +310,21 @@ class Orchestrator:
         if trained.diverged:
             accepted, reason = False, (f"{trained.refused_steps} optimizer steps had a non-finite loss or gradient "
                                        f"(faults.max_refused_steps={self.cfg.faults.max_refused_steps})")
+            bounds: dict[str, float] = {}
         else:
-            accepted, reason = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
+            accepted, reason, bounds = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
         if accepted:
             checkpoint = str(self.files.checkpoint(index))
             self.learners.save_weights(checkpoint)
             if settings.reference == "ema":
                 self.learners.update_ema(self._ema_source(index), str(self.files.ema(index)), settings.ema_rate)
             self.policy_hash, self.accepted_weights = row["policy/end_hash"], checkpoint
-            return {"gate/accepted": True}
+            return {"gate/accepted": True, **bounds}
         log.warning("round %d rejected: %s", index, reason)
         self._trained = None  # rolled back: a learner restart from here on must not train the round again
         self.restore("learner")
         parity = self.restore("generator")
-        return {"gate/accepted": False, "gate/reason": reason, "gate/restored_hash": self.policy_hash,
+        return {"gate/accepted": False, "gate/reason": reason, **bounds, "gate/restored_hash": self.policy_hash,
                 "gate/restored_from": self.accepted_weights, "sync/rollback_parity_max_abs_diff": parity}
 
     # -- helpers -------------------------------------------------------------------------------------------------
@@ -328,7 +339,7 @@ class Orchestrator:
         return Sampling(n=n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
 
     def _save_round(self, round_dir: Path, samples: list[Sample], judged: Judged, pair_set: PairSet) -> None:
-        _save_scored(samples, judged.result.combined, round_dir / "samples")
+        save_scored(samples, judged.result, round_dir / "samples")
         save_records([dataclasses.asdict(p) for p in pair_set.pairs], round_dir / "pairs")
 
     def _actors(self) -> dict[str, Any]:
@@ -385,7 +396,3 @@ def _log_round(m: dict[str, Any]) -> None:
         m["logps/chosen_drift"], m["logps/rejected_drift"], m["safety/refusal_rate"], m["safety/toxicity_rate"],
         m["sync/parity_max_abs_diff"], m["time/round"],
     )
-
-
-def _save_scored(samples: list[Sample], scores: list[float], path: Path) -> None:
-    save_records([{**dataclasses.asdict(s), "score": score} for s, score in zip(samples, scores)], path)

@@ -4,8 +4,14 @@ Strategies:
 - ``best_vs_worst`` (default): the highest- against the lowest-scored sample of each prompt;
 - ``best_vs_random``: the best against one other sample drawn at random (seeded);
 - ``all_above_margin``: every ordered pair of samples whose scores differ by at least ``min_margin``.
-Equal scores are ties: dropped and counted; samples the judge dropped (NaN) are left out and counted. With ``length_normalize`` the scores are divided by the response length
-in tokens before pairing, so longer responses are not preferred merely for accumulating more reward.
+Equal scores are ties: dropped and counted; samples the judge dropped (NaN) are left out and counted. With
+``length_normalize`` the scores are divided by the response length in tokens before pairing, so longer responses are
+not preferred merely for accumulating more reward.
+
+Safety ordering (SafeDPO, Kim et al. 2025): each response's safety score (1 - P(toxic)) becomes a label, safe when
+at least `pairs.safety_threshold`; a pair whose chosen response is harmful and whose rejected one is safe is
+re-ordered so that the safe one is chosen, and the pair carries the labels (1 safe, 0 harmful) for the loss's
+offset. Counted as `pairs/safety_reordered`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ class PairSet:
     ties_dropped: int  # candidate pairs whose two samples scored the same
     below_margin: int  # candidate pairs whose score gap was under the minimum margin
     unscored: int  # samples left out because the judge dropped them (NaN score)
+    safety_reordered: int = 0  # pairs whose safe response became the chosen one (safety ordering)
 
 
 def _candidates(group: list[Scored], strategy: str, rng: random.Random) -> list[tuple[Scored, Scored]]:
@@ -42,9 +49,15 @@ def _candidates(group: list[Scored], strategy: str, rng: random.Random) -> list[
 
 
 def build_pairs(
-    samples: list[Sample], scores: list[float], cfg: PairsConfig, seed: int = 0, safety: list[float] | None = None
+    samples: list[Sample], scores: list[float], cfg: PairsConfig, seed: int = 0, safety: list[float] | None = None,
+    safe_first: bool = False,
 ) -> PairSet:
-    """Pairs of (chosen, rejected) per prompt; `safety` (1 = safe) annotates each sample for safety-aware losses."""
+    """Pairs of (chosen, rejected) per prompt; `safety` (1 = safe) annotates each sample for safety-aware losses;
+    `safe_first` orders each pair by safety labels first (SafeDPO: needs `safety`)."""
+    if safe_first and safety is None:
+        raise ValueError("safety ordering needs each sample's safety score")
+    if safe_first:
+        safety = [float(value >= cfg.safety_threshold) for value in safety]
     if len(samples) != len(scores) or (safety is not None and len(safety) != len(samples)):
         raise ValueError(f"{len(samples)} samples but {len(scores)} scores / {len(safety or samples)} safety scores")
     by_prompt: dict[int, list[Scored]] = defaultdict(list)
@@ -57,16 +70,19 @@ def build_pairs(
             score = score / max(1, len(sample.response_ids))
         by_prompt[sample.prompt_index].append((index, score))
     rng = random.Random(seed)
-    pairs, ties, below = [], 0, 0
+    pairs, ties, below, reordered = [], 0, 0, 0
     for prompt_index in sorted(by_prompt):
         for best, worst in _candidates(by_prompt[prompt_index], cfg.strategy, rng):
             if best[1] == worst[1]:
                 ties += 1
             elif best[1] - worst[1] < cfg.min_margin:
                 below += 1
+            elif safe_first and safety[best[0]] < safety[worst[0]]:
+                reordered += 1
+                pairs.append(_pair(samples, worst, best, safety))
             else:
                 pairs.append(_pair(samples, best, worst, safety))
-    return PairSet(pairs=pairs, ties_dropped=ties, below_margin=below, unscored=unscored)
+    return PairSet(pairs=pairs, ties_dropped=ties, below_margin=below, unscored=unscored, safety_reordered=reordered)
 
 
 def _pair(samples: list[Sample], chosen: Scored, rejected: Scored, safety: list[float] | None) -> Pair:

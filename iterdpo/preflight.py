@@ -11,16 +11,21 @@ is a `ConfigError`: one line, exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from iterdpo.config import Config, actor_resources, check_resources, round_settings
 from iterdpo.data import BUILTIN_REVIEWS, PromptSplit, load_prompts, prompt_length
 from iterdpo.errors import ConfigError
+from iterdpo.gate import blind_thresholds, detectable
 from iterdpo.evaluation import SafetyPrompts
 from iterdpo.models import fits, pin_model, resolve_model
 from iterdpo.records import Prompt
 from iterdpo.scorers.checks import check_scorer
 from iterdpo.trackers import check_installed
+
+
+log = logging.getLogger("iterdpo")
 
 
 @dataclass
@@ -60,6 +65,7 @@ def preflight(cfg: Config) -> Plan:
         ("resources", f"the actors ask for {wanted['CPU']:g} CPU and {wanted['GPU']:g} GPU; {where} has "
                       f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU"),
         ("trackers", ", ".join(cfg.run.trackers) + " (and metrics.jsonl)"),
+        ("gate", _describe_gate(cfg)),
         ("plan", _describe_rounds(cfg, prompts, safety_prompts)),
     ]
     return Plan(pinned, prompts, safety_prompts, facts)
@@ -125,6 +131,17 @@ def _describe_prompts(cfg: Config, prompts: PromptSplit, longest: int) -> str:
     return (f"{cfg.data.prompts} ({where}): {len(prompts.train)} training prompts, {len(prompts.eval)} held out "
             f"from {held_out}; longest {longest} tokens of "
             f"{cfg.generator.max_model_len - cfg.generator.max_new_tokens} allowed")
+
+
+def _describe_gate(cfg: Config) -> str:
+    """What the safety suites can show; a threshold below that is a warning (a check that can never fire)."""
+    for warning in blind_thresholds(cfg):
+        log.warning("gate: %s", warning)
+    found = detectable(cfg)
+    sizes = ", ".join(f"{name.split('/')[-1].replace('max_', '').replace('_', ' ')} >= {value:.3f}"
+                      for name, value in found.items())
+    return (f"at {cfg.gate.confidence:.0%} confidence the suites can show a change from 0 of: {sizes}"
+            if found else "no safety suite")
 
 
 def _describe_rounds(cfg: Config, prompts: PromptSplit, safety: SafetyPrompts) -> str:

@@ -22,10 +22,11 @@ from iterdpo.errors import ConfigError
 
 HEADLINE = (("eval/reward_mean",), ("logps/chosen_drift", "logps/rejected_drift"),
             ("safety/refusal_rate", "safety/toxicity_rate", "safety/over_refusal_rate"))
-TABLE = ("reward/mean", "eval/reward_mean", "logps/chosen_drift", "logps/rejected_drift", "pairs/count",
-         "loss/mean", "sync/parity_max_abs_diff", "safety/refusal_rate", "safety/toxicity_rate",
-         "safety/over_refusal_rate", "time/round")
-OPTIONAL_COLUMNS = frozenset(key for key in TABLE if key.startswith("safety/"))
+TABLE = ("reward/mean", "eval/reward_mean", "eval/reward_delta_vs_pi0", "eval/win_rate_vs_pi0",
+         "kl/policy_to_pi0_k3", "logps/chosen_drift", "logps/rejected_drift", "pairs/count", "loss/mean",
+         "sync/parity_max_abs_diff", "safety/refusal_rate", "safety/toxicity_rate", "safety/over_refusal_rate",
+         "time/round")
+CI = ("_ci_low", "_ci_high")  # a key's 95% interval: <key>_ci_low, <key>_ci_high
 SAMPLE_PROMPTS = 3
 MAX_RESPONSE_CHARS = 600
 
@@ -35,6 +36,8 @@ class Series:
     key: str
     x: list[int]  # rounds with a finite value, in row order
     y: list[float]
+    low: list[float] | None = None  # the 95% interval at each x, where the rows carry one
+    high: list[float] | None = None
 
 
 @dataclass
@@ -51,13 +54,16 @@ class Report:
         return [row["round"] for row in self.rows if not accepted(row)]
 
     def series(self, key: str) -> Series:
-        points = [(row["round"], row[key]) for row in self.rows if _is_number(row.get(key))]
-        finite = [(x, float(y)) for x, y in points if math.isfinite(y)]
-        return Series(key, [x for x, _ in finite], [y for _, y in finite])
+        rows = [row for row in self.rows if _is_number(row.get(key)) and math.isfinite(row[key])]
+        series = Series(key, [row["round"] for row in rows], [float(row[key]) for row in rows])
+        if rows and all(_is_number(row.get(key + end)) for row in rows for end in CI):
+            series.low, series.high = ([float(row[key + end]) for row in rows] for end in CI)
+        return series
 
     def families(self) -> dict[str, list[str]]:
         """Numeric metric keys grouped by the prefix before the first '/'."""
-        keys = sorted({key for row in self.rows for key, value in row.items() if _is_number(value)} - {"round"})
+        keys = sorted({key for row in self.rows for key, value in row.items() if _is_number(value)
+                       and not key.endswith(CI)} - {"round"})
         grouped: dict[str, list[str]] = {}
         for key in keys:
             grouped.setdefault(key.split("/", 1)[0] if "/" in key else "other", []).append(key)
@@ -126,7 +132,11 @@ def plot(report: Report, panels: list[list[Series]], path: Path, title: str) -> 
         for series in group:
             by_round = dict(zip(series.x, series.y))
             ys = [by_round.get(r, math.nan) for r in report.rounds]  # NaN: a visible gap, not a silent join
-            ax.plot(report.rounds, ys, marker="o", markersize=4, label=series.key)
+            line, = ax.plot(report.rounds, ys, marker="o", markersize=4, label=series.key)
+            if series.low is not None:  # the 95% interval of each point
+                ax.errorbar(series.x, series.y, yerr=[[y - lo for y, lo in zip(series.y, series.low)],
+                                                      [hi - y for y, hi in zip(series.y, series.high)]],
+                            fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.7)
             bad = [(x, y) for x, y in zip(series.x, series.y) if x in report.rejected]
             ax.plot([x for x, _ in bad], [y for _, y in bad], "x", color="red", markersize=10, mew=2)
         for r in report.rejected:
@@ -141,7 +151,8 @@ def plot(report: Report, panels: list[list[Series]], path: Path, title: str) -> 
     for ax in list(fig.axes)[len(panels):]:
         ax.set_visible(False)
     atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=100))
-    series = {s.key: {"x": s.x, "y": s.y} for group in panels for s in group}
+    series = {s.key: {"x": s.x, "y": s.y, **({"low": s.low, "high": s.high} if s.low is not None else {})}
+              for group in panels for s in group}
     return {"title": title, "rejected_rounds": report.rejected, "series": series}
 
 
@@ -172,15 +183,23 @@ def fmt(value: Any) -> str:
 
 
 def round_table(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the per-round table; safety columns only when a row has them."""
-    columns = [k for k in TABLE if k not in OPTIONAL_COLUMNS or any(k in row for row in report.rows)]
+    """Header and cells of the per-round table: the TABLE columns some row has, values with their intervals."""
+    columns = [k for k in TABLE if any(k in row for row in report.rows)]
     varying = _varying_settings(report.rows)
     body = []
     for row in report.rows:
         gate = "yes" if accepted(row) else f"REJECTED: {row.get('gate/reason', 'no reason given')}"
         settings = [fmt({k: v for k, v in (row.get("settings") or {}).items() if k in varying})] if varying else []
-        body.append([str(row["round"]), gate, *(fmt(row.get(k)) for k in columns), *settings])
+        body.append([str(row["round"]), gate, *(_with_interval(row, k) for k in columns), *settings])
     return ["round", "accepted", *columns] + (["settings (changing)"] if varying else []), body
+
+
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    """The value, and its 95% interval where the row has one: "0.6436 [0.6012, 0.6851]"."""
+    low, high = row.get(key + CI[0]), row.get(key + CI[1])
+    if _is_number(low) and _is_number(high):
+        return f"{fmt(row.get(key))} [{fmt(float(low))}, {fmt(float(high))}]"
+    return fmt(row.get(key))
 
 
 def _varying_settings(rows: list[dict[str, Any]]) -> set[str]:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from iterdpo.config import RoundConfig
-from iterdpo.drift import drift_metrics, falling_streak, win_rate
-from iterdpo.evaluation import reward_metrics
+from iterdpo.drift import drift_metrics, falling_streak
+from iterdpo.evaluation import Evaluation, reward_metrics
+from iterdpo.intervals import paired_change, win
 from iterdpo.pairs import PairSet
 from iterdpo.records import PairLogps, Sample, TrainResult
 from iterdpo.scorers.combine import JudgeResult
@@ -29,12 +30,6 @@ class Reference:
 
 
 @dataclass
-class Evaluation:
-    metrics: dict[str, Any]  # held-out reward and the safety suite
-    scores: list[float]  # the held-out rewards, sample by sample (same prompts and seed every round)
-
-
-@dataclass
 class RoundOutputs:
     """Each phase's result, in phase order."""
 
@@ -47,7 +42,7 @@ class RoundOutputs:
     evaluation: Evaluation
 
 
-def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: str, initial_eval: list[float],
+def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: str, initial: Evaluation,
               times: dict[str, float]) -> dict[str, Any]:
     """The round's metrics row before the gate's verdict: rewards, pairs, drift, KL, evaluation and phase times."""
     judged, pairs, reference, trained = out.judged.result, out.pair_set, out.reference, out.trained
@@ -61,6 +56,7 @@ def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: 
         "pairs/ties_dropped": pairs.ties_dropped,
         "pairs/below_margin": pairs.below_margin,
         "pairs/unscored": pairs.unscored,
+        "pairs/safety_reordered": pairs.safety_reordered,
         "sync/parity_max_abs_diff": out.parity,
         "reference/source": reference.source,
         "reference/weights_hash": reference.scores.weights_hash,
@@ -70,10 +66,28 @@ def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: 
         **trained.metrics,
         **drift_metrics(reference.scores, reference.start, after, reference.pi0, settings.beta),
         **out.evaluation.metrics,
-        "eval/win_rate_vs_pi0": win_rate(out.evaluation.scores, initial_eval),
+        **versus_pi0(out.evaluation, initial),
         "throughput/generate_tokens_per_s": sum(len(s.response_ids) for s in out.samples) / times["time/generate"],
         **times,
     }
+
+
+def versus_pi0(now: Evaluation, initial: Evaluation) -> dict[str, float]:
+    """Each held-out sample against pi0's at the same position (same prompt, same sampling seed), with 95%
+    intervals over prompts: the win rate (ties count half), the reward's change, and each scorer's gain.
+
+    A reward-hacking signal: when the trained-on reward rose beyond doubt (its interval above 0) while an observer
+    scorer (weight 0) did not (its gain's interval reaches 0 or below), `alarm/reward_hacking` is 1: the policy
+    pleases the judge it is trained on in a way a second opinion does not share."""
+    metrics = {**paired_change("eval/win_rate_vs_pi0", now.scores, initial.scores, now.prompts, win),
+               **paired_change("eval/reward_delta_vs_pi0", now.scores, initial.scores, now.prompts)}
+    for name, scores in now.components.items():
+        metrics.update(paired_change(f"eval/judge/{name}_gain_vs_pi0", scores, initial.components[name], now.prompts))
+    observers = [name for name, weight in now.weights.items() if weight == 0]
+    if observers:
+        flat = [name for name in observers if not metrics[f"eval/judge/{name}_gain_vs_pi0_ci_low"] > 0]
+        metrics["alarm/reward_hacking"] = float(metrics["eval/reward_delta_vs_pi0_ci_low"] > 0 and bool(flat))
+    return metrics
 
 
 def alarm_metrics(previous: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, int]:

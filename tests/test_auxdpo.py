@@ -16,7 +16,6 @@ from iterdpo.auxdpo import (
     snapshot,
 )
 from iterdpo.loss_params import LossParams
-from iterdpo.losses import LossInputs, preference_loss
 from iterdpo.sequences import TokenBatch, collate
 
 PAIRS = 6  # 12 responses
@@ -55,6 +54,12 @@ def logp_fn_for(model: torch.nn.Module, batch: TokenBatch):
     return logp_fn
 
 
+def jacobian(logp_fn, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A = d logp / d params, [M, P], by torch.func's reverse-mode Jacobian: the independent reference."""
+    columns = torch.func.jacrev(logp_fn)(params)
+    return torch.cat([columns[name].reshape(columns[name].shape[0], -1) for name in params], dim=1)
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
     """|actual - expected| <= rel * max|expected|. The model is float64, but Qwen2's RMSNorm computes in float32,
     so agreement is ~1e-8 relative, not 1e-15; 1e-5 of the scale is the bar."""
@@ -77,9 +82,11 @@ def test_penalty_equals_per_sample_loop_in_value_and_gradient(model, batch, mode
     assert loop.item() > 0
     assert math.isclose(fast.item(), loop.item(), rel_tol=1e-5)
     assert_close(fast_delta.grad, loop_delta.grad)
-    # and the loop's gradient is 2 A A^T delta by construction
-    a = reference_jacobian(logp_fn, params)
-    assert_close(loop_delta.grad, 2 * a @ (a.T @ delta))
+    # both against A from torch.func: ||A^T delta||^2 and its gradient 2 A A^T delta
+    a = jacobian(logp_fn, params)
+    assert math.isclose(fast.item(), (a.T @ delta).pow(2).sum().item(), rel_tol=1e-5)
+    assert_close(fast_delta.grad, 2 * a @ (a.T @ delta))
+    assert_close(reference_jacobian(logp_fn, params), a)
 
 
 @pytest.mark.parametrize("mode", PENALTY_MODES)
@@ -151,17 +158,45 @@ def test_null_space_basis_dimensions():
     assert null_space_basis(torch.randn(6, 1, generator=gen, dtype=torch.float64)).shape == (6, 5)  # P < M
 
 
-def test_auxdpo_with_zero_deltas_is_dpo_on_model_logps(model, batch):
-    params = snapshot(model)
-    logps = logp_fn_for(model, batch)(params)
-    ref = logps.detach() + torch.linspace(-0.3, 0.3, 2 * PAIRS, dtype=torch.float64)
-    deltas = AuxDeltas(PAIRS, dtype=torch.float64)
-    w, l = deltas.values(range(PAIRS))
-    inputs = LossInputs(logps[:PAIRS], logps[PAIRS:], ref[:PAIRS], ref[PAIRS:], delta_chosen=w, delta_rejected=l)
-    aux = preference_loss("auxdpo", inputs, LossParams(beta=0.1))
-    dpo = preference_loss("dpo", inputs, LossParams(beta=0.1))
-    assert aux.loss.item() == dpo.loss.item()
-    assert {k: v for k, v in aux.metrics.items() if not k.startswith("auxdpo/")} == dpo.metrics
+def test_the_learners_hook_penalises_at_the_round_start_weights(model, batch):
+    """The learner's real path (`AuxDpoTraining`, what `Learner._step` calls): after a training step has moved the
+    live weights, the penalty of a micro-batch and its gradient with respect to the deltas are those of A taken at
+    the round-start weights, from torch.func."""
+    from iterdpo.auxdpo import AuxDpoTraining
+    from iterdpo.sequences import sequence_logprobs
+
+    params = LossParams(beta=0.1, aux_lambda_null=0.7, aux_lambda_amp=0.05, aux_lr=0.1)
+    hook = AuxDpoTraining(model, PAIRS, params, torch.device("cpu"))
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        hook.deltas.raw.copy_(torch.linspace(-0.8, 0.9, 2 * PAIRS))
+        for p in model.parameters():  # a training step moved the policy
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(6), dtype=p.dtype))
+    try:
+        index = [1, 4]
+        rows = torch.tensor([1, 4, PAIRS + 1, PAIRS + 4])
+        micro = TokenBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows])
+        inputs = hook.batch_inputs(index)
+        penalty, metrics = hook.penalty(micro)
+        (grad,) = torch.autograd.grad(penalty, hook.deltas.raw)
+
+        def reference_logps(values):  # the learner's own log-prob function, at the round-start weights
+            return sequence_logprobs(bind(model, values), micro)
+
+        names = [name for name, _ in model.named_parameters()]
+        a = jacobian(reference_logps, {name: start[name] for name in names}).double()
+        delta = torch.cat([inputs["delta_chosen"], inputs["delta_rejected"]]).detach().double()
+        expected = 0.7 * (a.T @ delta).pow(2).sum() + 0.05 * delta.pow(2).sum()
+        assert math.isclose(penalty.item(), expected.item(), rel_tol=1e-4)
+        expected_grad = torch.zeros(2 * PAIRS, dtype=torch.float64)
+        expected_grad[rows] = 2 * 0.7 * (a @ (a.T @ delta)) + 2 * 0.05 * delta
+        assert_close(grad.double(), expected_grad, rel=1e-4)
+        assert metrics["auxdpo/amp_penalty"] == pytest.approx(delta.pow(2).sum().item())
+        assert hook.metrics()["auxdpo/jacobian_source"] == "round-start policy"
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(start[name])
 
 
 def test_snapshot_keeps_the_round_start_weights(model, batch):

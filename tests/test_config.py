@@ -145,3 +145,14 @@ def test_floats_must_be_finite(value):
         config_from_dict({}, [f"round.beta={value}"])
     with pytest.raises(ConfigError, match="gate.max_refusal_drop: expected"):
         config_from_dict({}, [f"gate.max_refusal_drop={value}"])
+
+
+def test_auxdpo_needs_the_refresh_reference_and_safedpo_the_safety_annotation():
+    with pytest.raises(ConfigError, match="round.reference: auxdpo takes its null-space matrix at the round-start "
+                                          "weights.*expected refresh, got 'fixed'"):
+        config_from_dict({}, ["round.loss=auxdpo", "round.reference=fixed"])
+    with pytest.raises(ConfigError, match=r"schedule\[1\].reference: auxdpo .* got 'ema'"):
+        config_from_dict({"schedule": [{"loss": "auxdpo"}, {"reference": "ema"}]})
+    with pytest.raises(ConfigError, match="judge.annotate_safety: safedpo orders pairs by each response's safety"):
+        config_from_dict({}, ["round.loss=safedpo", "judge.annotate_safety=false"])
+    assert config_from_dict({}, ["round.loss=auxdpo", "round.epochs=2"]).round.reference == "refresh"

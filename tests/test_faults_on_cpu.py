@@ -56,8 +56,8 @@ def test_actors_killed_mid_phase_are_restarted_and_the_run_matches(uninterrupted
         _kill_during(orchestrator, "judge", "judge_actor", round_index=1, after_s=0)
         _kill_during(orchestrator, "train", "learner", round_index=1, after_s=0.5)
         _kill_during(orchestrator, "sync_weights", "generator", round_index=2, after_s=0)
-        # the learner is not called during evaluate: its death shows at the gate, after training, so the round's
-        # training is redone and must give the same weights
+        # the learner dies as the evaluation starts (it scores the held-out samples under pi0 there), after
+        # training: the round's training is redone and must give the same weights
         _kill_during(orchestrator, "evaluate", "learner", round_index=2, after_s=0)
         rows = orchestrator.run()
     finally:
@@ -68,7 +68,7 @@ def test_actors_killed_mid_phase_are_restarted_and_the_run_matches(uninterrupted
     restarted = [sorted(row["faults/restarted"]) for row in rows[1:]]
     assert {role.split("@")[0] for role in restarted[0]} == {"generator", "judge", "learner"}
     assert "judge@judge" in restarted[0]
-    assert restarted[1] == ["generator@sync_weights", "learner@gate"]
+    assert restarted[1] == ["generator@sync_weights", "learner@evaluate"]
     assert [row["faults/actor_restarts"] for row in rows[1:]] == [3, 2]
     assert all(row["sync/parity_max_abs_diff"] <= 2e-3 for row in rows[1:])
 

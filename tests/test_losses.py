@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from iterdpo.losses import LOSS_NAMES, LossInputs, LossParams, dpo_loss, kto_loss_unpaired, preference_loss
+from iterdpo.losses import LOSS_NAMES, LossInputs, LossParams, dpo_loss, preference_loss
 
 
 def softplus(x: float) -> float:
@@ -53,9 +53,11 @@ def test_dpo_by_name_matches_dpo_loss():
 
 
 def test_ipo_hand_computed():
-    # (h - 1 / (2 beta))^2 = (2 - 1 / (2 * 0.5))^2 = (2 - 1)^2 = 1; with beta = 0.25: (2 - 2)^2 = 0
-    assert math.isclose(loss_of("ipo", one_pair(), beta=0.5), 1.0, rel_tol=1e-12)
-    assert loss_of("ipo", one_pair(), beta=0.25) == 0.0
+    # Per-token log-ratios (the default, as TRL): h = r_w / |y_w| - r_l / |y_l| = 1/2 + 1/3 = 5/6;
+    # beta = 0.5: (5/6 - 1)^2 = 1/36. Summed (ipo_normalize=False): (2 - 1)^2 = 1; beta = 0.25: (2 - 2)^2 = 0.
+    assert math.isclose(loss_of("ipo", one_pair(), beta=0.5), 1 / 36, rel_tol=1e-12)
+    assert math.isclose(loss_of("ipo", one_pair(), beta=0.5, ipo_normalize=False), 1.0, rel_tol=1e-12)
+    assert loss_of("ipo", one_pair(), beta=0.25, ipo_normalize=False) == 0.0
 
 
 def test_cdpo_hand_computed():
@@ -152,20 +154,6 @@ def test_kto_hand_computed():
     assert out.metrics["kto/reference_point"] == 0.0
 
 
-def test_kto_paired_equals_unpaired_on_the_same_responses():
-    batch = LossInputs(t(-1.0, -2.0), t(-3.0, -2.5), t(-2.0, -2.2), t(-2.0, -1.0))
-    params = LossParams(beta=0.3, kto_desirable_weight=1.5, kto_undesirable_weight=0.7)
-    paired = preference_loss("kto", batch, params)
-    unpaired = kto_loss_unpaired(
-        torch.cat([batch.policy_chosen_logps, batch.policy_rejected_logps]),
-        torch.cat([batch.ref_chosen_logps, batch.ref_rejected_logps]),
-        torch.tensor([True, True, False, False]),
-        params,
-    )
-    assert math.isclose(paired.loss.item(), unpaired.loss.item(), rel_tol=1e-12)
-    assert math.isclose(paired.metrics["kto/reference_point"], unpaired.metrics["kto/reference_point"])
-
-
 def test_auxdpo_hand_computed():
     # beta [h + (delta_w - delta_l)] = 0.5 * (2 + (0.5 - (-0.5))) = 1.5 -> log(1 + e^-1.5) = 0.201413
     batch = one_pair(delta_chosen=t(0.5), delta_rejected=t(-0.5))
@@ -191,13 +179,10 @@ def random_batch(size: int = 5, seed: int = 0) -> LossInputs:
     return LossInputs(*logps, chosen_lengths=t(*range(2, 2 + size)), rejected_lengths=t(*range(3, 3 + size)))
 
 
-@pytest.mark.parametrize("name", ["cdpo", "rdpo", "dpop", "auxdpo"])
+@pytest.mark.parametrize("name", ["cdpo", "rdpo", "dpop"])
 def test_losses_reduce_to_dpo(name):
-    # cDPO / rDPO with eps = 0, DPOP with lambda = 0, AuxDPO with delta = 0 are all DPO.
+    # cDPO / rDPO with eps = 0 and DPOP with lambda = 0 are DPO (each compared with TRL in test_losses_vs_trl.py).
     batch = random_batch()
-    zeros = torch.zeros(5, dtype=torch.float64)
-    if name == "auxdpo":
-        batch.delta_chosen, batch.delta_rejected = zeros, zeros
     params = LossParams(beta=0.3, eps=0.0, lambda_dpop=0.0)
     assert math.isclose(loss_of(name, batch, beta=0.3, eps=0.0, lambda_dpop=0.0), loss_of("dpo", batch, beta=0.3),
                         rel_tol=1e-12)
@@ -212,7 +197,9 @@ def test_ipo_minimiser_is_at_gap_one_over_two_beta():
     optimizer = torch.optim.SGD([gap], lr=0.25)  # loss (g - c)^2: each step halves g - c
     for _ in range(100):
         optimizer.zero_grad()
-        preference_loss("ipo", LossInputs(gap, zero, zero, zero), LossParams(beta=beta)).loss.backward()
+        one = torch.ones(1, dtype=torch.float64)  # one-token responses: per-token and summed gaps are equal
+        batch = LossInputs(gap, zero, zero, zero, chosen_lengths=one, rejected_lengths=one)
+        preference_loss("ipo", batch, LossParams(beta=beta)).loss.backward()
         optimizer.step()
     assert math.isclose(gap.item(), 1.0 / (2.0 * beta), rel_tol=1e-9)  # 5.0
 

@@ -59,3 +59,22 @@ def test_length_normalisation_changes_the_winner():
     assert build_pairs(samples, [5.0, 1.0], PairsConfig()).pairs[0].chosen_ids == [1] * 10
     normalised = build_pairs(samples, [5.0, 1.0], PairsConfig(length_normalize=True)).pairs[0]
     assert normalised.chosen_ids == [2]  # 5/10 = 0.5 < 1/1
+
+
+def test_safedpo_puts_the_safe_response_first_then_labels_both():
+    """SafeDPO (Kim et al. 2025) re-orders a pair whose chosen response is harmful and whose rejected one is safe,
+    so the safe one wins; safety scores become 0/1 labels at pairs.safety_threshold. Other pairs keep the judge's
+    order."""
+    samples = [_sample(0, 1), _sample(0, 2), _sample(1, 3), _sample(1, 4), _sample(2, 5), _sample(2, 6)]
+    scores = [0.9, 0.1, 0.8, 0.2, 0.7, 0.3]
+    safety = [0.2, 0.95, 0.9, 0.1, 0.3, 0.4]  # prompt 0: harmful best; prompt 1: safe best; prompt 2: both harmful
+    result = build_pairs(samples, scores, PairsConfig(), safety=safety, safe_first=True)
+    assert result.safety_reordered == 1
+    orders = [(p.chosen_index, p.rejected_index, p.chosen_safety, p.rejected_safety) for p in result.pairs]
+    assert orders == [(1, 0, 1.0, 0.0), (2, 3, 1.0, 0.0), (4, 5, 0.0, 0.0)]
+    plain = build_pairs(samples, scores, PairsConfig(), safety=safety)  # other losses: the judge's order, raw scores
+    assert [(p.chosen_index, p.chosen_safety) for p in plain.pairs] == [(0, 0.2), (2, 0.9), (4, 0.3)]
+    assert plain.safety_reordered == 0
+    stricter = build_pairs(samples, scores, PairsConfig(safety_threshold=0.95), safety=safety, safe_first=True)
+    assert [p.chosen_index for p in stricter.pairs] == [1, 2, 4]  # 0.9 is harmful at 0.95: prompt 1 keeps its order
+    assert [(p.chosen_safety, p.rejected_safety) for p in stricter.pairs][1] == (0.0, 0.0)

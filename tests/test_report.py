@@ -11,10 +11,11 @@ from iterdpo.report import main, read_rows, write_report
 
 
 def _row(index: int) -> dict:
+    interval = {"eval/reward_mean_ci_low": 0.05 + 0.05 * index, "eval/reward_mean_ci_high": 0.15 + 0.05 * index}
     if index == 0:
-        return {"round": 0, "eval/reward_mean": 0.1, "eval/samples": 8, "time/evaluate": 2.0}
+        return {"round": 0, "eval/reward_mean": 0.1, "eval/samples": 8, "time/evaluate": 2.0, **interval}
     return {
-        "round": index, "reward/mean": 0.1 * index, "eval/reward_mean": 0.1 + 0.05 * index,
+        "round": index, "reward/mean": 0.1 * index, "eval/reward_mean": 0.1 + 0.05 * index, **interval,
         "logps/chosen_drift": 1.0 / index, "logps/rejected_drift": -2.0 * index, "pairs/count": 7,
         "loss/mean": 0.69 - 0.01 * index, "train/rewards/margin": 0.02 * index, "train/rewards/accuracy": 0.5,
         "sync/parity_max_abs_diff": 1e-6, "safety/refusal_rate": 0.0, "safety/toxicity_rate": 0.01 * index,
@@ -97,6 +98,10 @@ def test_finished_run_with_rejected_round(tmp_path):
 
     markdown = (out / "report.md").read_text()
     assert "| 3 | REJECTED: toxicity_rate" in markdown and "answer of round 0 \\| to 1" in markdown
+    assert "| 0.2 [0.15, 0.25] |" in markdown  # round 2's eval/reward_mean with its interval
+    drawn = plots["headline.png"]["series"]["eval/reward_mean"]
+    assert drawn["low"] == pytest.approx([0.05 + 0.05 * r for r in range(5)]) and len(drawn["high"]) == 5
+    assert not any(key.endswith(("_ci_low", "_ci_high")) for info in plots.values() for key in info["series"])
     assert "**rounds done**: 4" in markdown and "0.1 → 0.3 (+0.2)" in markdown
     assert "settings (changing)" in markdown and "beta=0.3" in markdown
 
