@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("-n", type=int, default=4, help="samples per prompt")
     best.add_argument("--round", type=int, help="an accepted round whose checkpoint was kept (default: the last)")
     best.add_argument("--beta", type=float, help="default: the run's round.beta")
+    compare = commands.add_parser("compare", help="runs side by side: settings that differ, figures, a frontier")
+    compare.add_argument("run_dirs", type=Path, nargs="+", help="two or more run directories")
+    compare.add_argument("--out", type=Path, default=Path("compare"), help="output folder (default: ./compare)")
     report = commands.add_parser("report", help="plots and a Markdown + HTML page of a run (finished or not)")
     report.add_argument("run_dir", type=Path, help="a run directory")
     report.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/report)")
@@ -133,6 +136,13 @@ def best_of_n_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_command(args: argparse.Namespace) -> int:
+    from iterdpo.compare import write_compare
+
+    print(write_compare(args.run_dirs, args.out))
+    return 0
+
+
 def report_command(args: argparse.Namespace) -> int:
     from iterdpo.report import write_report
 
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     args = _parser().parse_args(argv)
     commands = {"run": run_command, "check": check_command, "resume": resume_command, "export": export_command,
-                "best-of-n": best_of_n_command, "report": report_command}
+                "best-of-n": best_of_n_command, "report": report_command, "compare": compare_command}
     try:
         return commands[args.command](args)
     except ConfigError as err:

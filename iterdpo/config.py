@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence
 
 from iterdpo.errors import ConfigError
-from iterdpo.config_files import apply_override, parse_override, read_yaml
+from iterdpo.config_files import apply_override, parse_override, read_config_file
 from iterdpo.loss_params import (LOSS_NAMES, NEEDS_SECOND_EPOCH, ROUND_START_REFERENCE_LOSSES, SAFETY_ORDERED_LOSSES,
                                   SINGLE_LEARNER_LOSSES, LossParams)
 from iterdpo.scorers.specs import ScorerSpec
@@ -345,7 +345,7 @@ def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    return config_from_dict(read_yaml(Path(path)), overrides)
+    return config_from_dict(read_config_file(Path(path)), overrides)
 
 
 def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:

@@ -49,6 +49,29 @@ def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
             node = node[key]
 
 
+def read_config_file(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's tree; `extends: <file>` (a path relative to this file) starts from another config file's
+    tree and overrides only what this one gives (mappings merge key by key, any other value replaces)."""
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    parent = (path.parent / str(base)).resolve()
+    if not isinstance(base, str) or not parent.is_file():
+        raise ConfigError(f"config file '{path}': extends {base!r}: expected a config file path relative to it")
+    if parent in seen:
+        raise ConfigError(f"config file '{path}': extends '{base}' in a circle")
+    return _merge(read_config_file(parent, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' not found")

@@ -190,11 +190,11 @@ def round_table(report: Report) -> tuple[list[str], list[list[str]]]:
     for row in report.rows:
         gate = "yes" if accepted(row) else f"REJECTED: {row.get('gate/reason', 'no reason given')}"
         settings = [fmt({k: v for k, v in (row.get("settings") or {}).items() if k in varying})] if varying else []
-        body.append([str(row["round"]), gate, *(_with_interval(row, k) for k in columns), *settings])
+        body.append([str(row["round"]), gate, *(with_interval(row, k) for k in columns), *settings])
     return ["round", "accepted", *columns] + (["settings (changing)"] if varying else []), body
 
 
-def _with_interval(row: dict[str, Any], key: str) -> str:
+def with_interval(row: dict[str, Any], key: str) -> str:
     """The value, and its 95% interval where the row has one: "0.6436 [0.6012, 0.6851]"."""
     low, high = row.get(key + CI[0]), row.get(key + CI[1])
     if _is_number(low) and _is_number(high):
@@ -250,14 +250,14 @@ def _clip(text: str) -> str:
 # -- pages -----------------------------------------------------------------------------------------------------
 
 
-def _md_table(header: list[str], body: list[list[str]]) -> str:
+def md_table(header: list[str], body: list[list[str]]) -> str:
     def cells(row: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row) + " |"
 
     return "\n".join([cells(header), cells(["---"] * len(header)), *map(cells, body)])
 
 
-def _html_table(header: list[str], body: list[list[str]]) -> str:
+def html_table(header: list[str], body: list[list[str]]) -> str:
     def tr(row: list[str], tag: str) -> str:
         rejected = tag == "td" and row[1].startswith("REJECTED")
         inner = "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)
@@ -268,9 +268,9 @@ def _html_table(header: list[str], body: list[list[str]]) -> str:
 
 def markdown_page(name: str, facts: list[tuple[str, str]], plots: list[str], table: tuple, samples: list) -> str:
     parts = [f"# Run report: {name}", "", *(f"- **{k}**: {v}" for k, v in facts), "", "## Plots", ""]
-    parts += [f"![{p}]({p})\n" for p in plots] + ["", "## Rounds", "", _md_table(*table), "", "## Sample responses"]
+    parts += [f"![{p}]({p})\n" for p in plots] + ["", "## Rounds", "", md_table(*table), "", "## Sample responses"]
     for prompt, cells in samples:
-        parts += ["", f"**Prompt:** {prompt}", "", _md_table(["round", "accepted", "score", "response"], cells)]
+        parts += ["", f"**Prompt:** {prompt}", "", md_table(["round", "accepted", "score", "response"], cells)]
     if not samples:
         parts += ["", "No `eval_samples/` folders in this run."]
     return "\n".join(parts) + "\n"
@@ -287,9 +287,9 @@ def html_page(name: str, facts: list[tuple[str, str]], plots: list[str], table: 
              f"<style>{CSS}</style></head><body><h1>Run report: {esc(name)}</h1><ul>"]
     parts += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in facts] + ["</ul><h2>Plots</h2>"]
     parts += [f'<img src="{esc(p)}" alt="{esc(p)}">' for p in plots]
-    parts += ["<h2>Rounds</h2>", _html_table(*table), "<h2>Sample responses</h2>"]
+    parts += ["<h2>Rounds</h2>", html_table(*table), "<h2>Sample responses</h2>"]
     for prompt, cells in samples:
-        parts += [f"<h3>{esc(prompt)}</h3>", _html_table(["round", "accepted", "score", "response"], cells)]
+        parts += [f"<h3>{esc(prompt)}</h3>", html_table(["round", "accepted", "score", "response"], cells)]
     if not samples:
         parts.append("<p>No <code>eval_samples/</code> folders in this run.</p>")
     return "\n".join(parts) + "\n</body></html>\n"

@@ -156,3 +156,27 @@ def test_auxdpo_needs_the_refresh_reference_and_safedpo_the_safety_annotation():
     with pytest.raises(ConfigError, match="judge.annotate_safety: safedpo orders pairs by each response's safety"):
         config_from_dict({}, ["round.loss=safedpo", "judge.annotate_safety=false"])
     assert config_from_dict({}, ["round.loss=auxdpo", "round.epochs=2"]).round.reference == "refresh"
+
+
+def test_a_config_file_extends_another_and_overrides_only_what_differs(tmp_path):
+    (tmp_path / "base.yaml").write_text("round: {beta: 0.2, epochs: 2}\nrun: {rounds: 5}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nround: {epochs: 3}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.round.beta, cfg.round.epochs, cfg.run.rounds) == (0.2, 3, 5)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends 'loop.yaml' in a circle"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="extends 'nowhere.yaml': expected a config file path"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    files = [path for path in root.rglob("*.yaml") if path.name != "runtime_env.yaml"]
+    assert len(files) >= 10
+    for path in files:
+        load_config(path)
+    assert load_config(root / "compare" / "auxdpo_lora4.yaml").learner.lora.rank == 4
