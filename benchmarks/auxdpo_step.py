@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/auxdpo_step.py                     # a tiny random Qwen2 (~1M parameters)
     .venv/bin/python benchmarks/auxdpo_step.py --model ~/.cache/iterdpo/models/smollm2-135m-instruct
     .venv/bin/python benchmarks/auxdpo_step.py --subset model.layers.3.   # constrain only the last layer
+    python benchmarks/auxdpo_step.py --shape <model folder> --device cuda  # that model's shape, random weights, on a GPU
 
 A step is forward + backward + optimizer step on B pairs (2B sequences). The AuxDPO step adds the soft penalty
 (form b of `iterdpo.auxdpo`) at the round-start weights of the constrained parameters (a snapshot, option ii),
@@ -46,14 +47,19 @@ def tiny_qwen2(seed: int) -> torch.nn.Module:
 
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = getattr(torch, args.dtype)
+    if args.shape is not None:  # the timing needs the shape, not trained weights (a GPU machine may hold no weights)
+        torch.manual_seed(args.seed)
+        config = AutoConfig.from_pretrained(Path(args.shape).expanduser())
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).to(args.device)
     if args.model is None:
-        return tiny_qwen2(args.seed)
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(Path(args.model).expanduser(), dtype=torch.float32)
+        return tiny_qwen2(args.seed).to(device=args.device, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(Path(args.model).expanduser(), dtype=dtype).to(args.device)
 
 
-def random_batch(vocab: int, pairs: int, prompt_len: int, response_len: int, seed: int) -> TokenBatch:
+def random_batch(vocab: int, pairs: int, prompt_len: int, response_len: int, seed: int, device: str) -> TokenBatch:
     """2 * pairs sequences, the chosen block first, with ragged response lengths."""
     gen = torch.Generator().manual_seed(seed)
     sequences = []
@@ -61,7 +67,7 @@ def random_batch(vocab: int, pairs: int, prompt_len: int, response_len: int, see
         length = response_len - (i % 4)
         sequences.append((torch.randint(1, vocab, (prompt_len,), generator=gen).tolist(),
                           torch.randint(1, vocab, (length,), generator=gen).tolist()))
-    return collate(sequences, pad_id=0, device="cpu")
+    return collate(sequences, pad_id=0, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=8, help="pairs per batch (2x sequences)")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--response-len", type=int, default=32)
+    parser.add_argument("--shape", default=None,
+                        help="a model folder whose config.json sets the shape; random weights (no weight files read)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--subset", default="", help="constrain only parameters whose name starts with this")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -82,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args)
     model.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    batch = random_batch(model.config.vocab_size, args.pairs, args.prompt_len, args.response_len, args.seed)
+    batch = random_batch(model.config.vocab_size, args.pairs, args.prompt_len, args.response_len, args.seed,
+                         args.device)
     lengths = batch.response_mask.sum(-1).float()
     b = args.pairs
     params = LossParams(beta=0.1, aux_lambda_null=1e-4, aux_lambda_amp=1e-2, aux_lr=0.1)
@@ -94,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith(args.subset)]
     reference = snapshot(model, names)
     constrained = sum(t.numel() for t in reference.values())
-    deltas = AuxDeltas.from_params(b, params)
+    deltas = AuxDeltas.from_params(b, params, device=args.device)
 
     def ref_logp_fn(values: dict[str, torch.Tensor]) -> torch.Tensor:
         return sequence_logprobs(bind(model, values), batch)
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if loss_name == "auxdpo":
             deltas.step()
 
-    delta = torch.randn(2 * b, generator=torch.Generator().manual_seed(args.seed + 1))
+    delta = torch.randn(2 * b, generator=torch.Generator().manual_seed(args.seed + 1)).to(args.device)
 
     def penalty(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
@@ -127,28 +138,55 @@ def main(argv: list[str] | None = None) -> int:
         return run
 
     header("auxdpo_step", {
-        "model": args.model or "tiny random Qwen2", "trainable": f"{trainable / 1e6:.2f}M",
+        "model": args.model or (f"{args.shape} (random weights)" if args.shape else "tiny random Qwen2"),
+        "device": args.device, "dtype": args.dtype, "trainable": f"{trainable / 1e6:.2f}M",
         "constrained": f"{constrained / 1e6:.2f}M ({args.subset or 'all'})", "sequences": 2 * b,
         "max_tokens": batch.input_ids.shape[1], "threads": args.threads, "repeats": args.repeats,
         "load_average": f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
     })
-    measured = interleaved(
-        {
-            "DPO step": lambda: step("dpo"),
-            "AuxDPO step (penalty form b)": lambda: step("auxdpo"),
-            "penalty: vjp + double backward (default)": penalty(null_space_penalty),
-            "penalty: vjp + forward-mode jvp": penalty(lambda *a: null_space_penalty(*a, mode="jvp")),
-            f"penalty: per-sample loop ({2 * b} backwards)": penalty(per_sample_penalty_loop),
-        },
-        args.repeats,
-        args.warmup,
-    )
+    sides = {
+        "DPO step": lambda: step("dpo"),
+        "AuxDPO step (penalty form b)": lambda: step("auxdpo"),
+        "penalty: vjp + double backward (default)": penalty(null_space_penalty),
+        "penalty: vjp + forward-mode jvp": penalty(lambda *a: null_space_penalty(*a, mode="jvp")),
+        f"penalty: per-sample loop ({2 * b} backwards)": penalty(per_sample_penalty_loop),
+    }
+    on_gpu = torch.device(args.device).type == "cuda"
+    peaks = {name: device_peak_gib(run) for name, run in sides.items()} if on_gpu else {}
+    measured = interleaved({name: synchronised(run, on_gpu) for name, run in sides.items()}, args.repeats, args.warmup)
     dpo, aux, fast, fast_jvp, loop = (m.seconds for m in measured.values())
-    print_table(["side", "median ms"], [[name, m.median_s * 1e3] for name, m in measured.items()])
+    if peaks:
+        print_table(["side", "median ms", "peak GiB"], [[n, m.median_s * 1e3, peaks[n]] for n, m in measured.items()])
+    else:
+        print_table(["side", "median ms"], [[name, m.median_s * 1e3] for name, m in measured.items()])
     print(ratio_line("auxdpo_step: AuxDPO step / DPO step", paired_ratio(aux, dpo), ("<=", 2.0)))
+    if peaks:
+        print(ratio_line("auxdpo_step: AuxDPO step peak memory / DPO step's",
+                         peaks["AuxDPO step (penalty form b)"] / peaks["DPO step"], ("<=", 1.5)))
     print(ratio_line("auxdpo_step: per-sample loop / penalty (double backward)", paired_ratio(loop, fast)))
     print(ratio_line("auxdpo_step: per-sample loop / penalty (forward-mode jvp)", paired_ratio(loop, fast_jvp)))
     return 0
+
+
+def synchronised(run: Callable[[], None], on_gpu: bool) -> Callable[[], None]:
+    """A GPU runs asynchronously: a side's time ends when its kernels do."""
+    if not on_gpu:
+        return run
+
+    def timed() -> None:
+        run()
+        torch.cuda.synchronize()
+
+    return timed
+
+
+def device_peak_gib(run: Callable[[], None]) -> float:
+    """The GPU memory one run of a side takes at its peak (the model, optimizer state and batch included)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 if __name__ == "__main__":
