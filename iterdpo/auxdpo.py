@@ -331,4 +331,6 @@ class AuxDpoTraining:
     def metrics(self) -> dict[str, float | str]:
         """The deltas' statistics, and which weights A was taken at: the round-start policy, the DPO margin's
         `refresh` reference too (the config refuses AuxDPO with any other reference)."""
-        return {**self.deltas.stats(), "auxdpo/jacobian_source": "round-start policy"}
+        chosen, rejected = (d.detach() for d in self.deltas.values(range(self.deltas.num_pairs)))
+        shift = self.params.beta * (chosen - rejected).abs().max().item() if chosen.numel() else 0.0
+        return {**self.deltas.stats(), "auxdpo/logit_shift_max": shift, "auxdpo/jacobian_source": "round-start policy"}

@@ -22,6 +22,11 @@ SAFETY_ORDERED_LOSSES = frozenset({"safedpo"})
 # reference must be those weights, the `refresh` reference.
 ROUND_START_REFERENCE_LOSSES = frozenset({"auxdpo"})
 
+# A round whose deltas move no pair's logit beta * (delta_w - delta_l) by more than this trained as DPO: sigma moves
+# by less than 2.5e-4. That happens when A has full row rank, as with any policy of more parameters than responses
+# in a batch: null(A^T) = {0}, and the penalty pins the deltas near 0 (`benchmarks/auxdpo_null_space.py`).
+AUXDPO_INERT_LOGIT_SHIFT = 1e-3
+
 
 @dataclass(frozen=True)
 class LossParams:

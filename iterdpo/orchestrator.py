@@ -31,7 +31,7 @@ from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, save_records
 from iterdpo.pairs import PairSet, build_pairs
 from iterdpo.preflight import preflight
 from iterdpo.records import PairLogps, Sample, Sampling, TrainResult
-from iterdpo.rows import Judged, Reference, RoundOutputs, alarm_metrics, round_row
+from iterdpo.rows import Judged, Reference, RoundOutputs, alarm_messages, alarm_metrics, round_row
 from iterdpo.runtime import actor_env, init_ray
 from iterdpo.schedule import Schedule
 from iterdpo.seeds import eval_seed, round_seed
@@ -146,13 +146,8 @@ class Orchestrator:
         row.update({"faults/actor_restarts": len(self.supervisor.restarted),
                     "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
                     "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
-        if row["alarm/chosen_logp_falling_rounds"] >= self.cfg.run.alarm_rounds:
-            log.warning("ALARM: the chosen responses' log-prob has fallen %d rounds in a row (logps/chosen_drift < 0)",
-                        row["alarm/chosen_logp_falling_rounds"])
-        if row.get("alarm/reward_hacking"):
-            log.warning("ALARM: the trained-on reward rose beyond doubt since pi0 (eval/reward_delta_vs_pi0 %.4f, "
-                        "interval above 0) while an observer judge did not (eval/judge/*_gain_vs_pi0)",
-                        row["eval/reward_delta_vs_pi0"])
+        for message in alarm_messages(row, self.cfg.run.alarm_rounds):
+            log.warning(message)
         self._trained = None
         manifest.finish(start_hash=start_hash, end_hash=row["policy/end_hash"], accepted=row["gate/accepted"],
                         policy_after=self.policy_hash)

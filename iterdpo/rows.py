@@ -10,6 +10,7 @@ from iterdpo.config import RoundConfig
 from iterdpo.drift import drift_metrics, falling_streak
 from iterdpo.evaluation import Evaluation, reward_metrics
 from iterdpo.intervals import paired_change, win
+from iterdpo.loss_params import AUXDPO_INERT_LOGIT_SHIFT
 from iterdpo.pairs import PairSet
 from iterdpo.records import PairLogps, Sample, TrainResult
 from iterdpo.scorers.combine import JudgeResult
@@ -90,6 +91,27 @@ def versus_pi0(now: Evaluation, initial: Evaluation) -> dict[str, float]:
     return metrics
 
 
-def alarm_metrics(previous: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, int]:
-    """How many rounds in a row, this one included, the chosen responses' log-prob has fallen."""
-    return {"alarm/chosen_logp_falling_rounds": falling_streak(previous + [row])}
+def alarm_metrics(previous: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, float]:
+    """How many rounds in a row, this one included, the chosen responses' log-prob has fallen; and, for AuxDPO,
+    whether its deltas left every pair's logit where DPO's would be (`alarm/auxdpo_inert`)."""
+    alarms: dict[str, float] = {"alarm/chosen_logp_falling_rounds": falling_streak(previous + [row])}
+    if "auxdpo/logit_shift_max" in row:
+        alarms["alarm/auxdpo_inert"] = float(row["auxdpo/logit_shift_max"] < AUXDPO_INERT_LOGIT_SHIFT)
+    return alarms
+
+
+def alarm_messages(row: dict[str, Any], alarm_rounds: int) -> list[str]:
+    """The warnings a finished round's alarms raise, one line each."""
+    messages = []
+    if row["alarm/chosen_logp_falling_rounds"] >= alarm_rounds:
+        messages.append(f"ALARM: the chosen responses' log-prob has fallen {row['alarm/chosen_logp_falling_rounds']} "
+                        "rounds in a row (logps/chosen_drift < 0)")
+    if row.get("alarm/reward_hacking"):
+        messages.append(f"ALARM: the trained-on reward rose beyond doubt since pi0 (eval/reward_delta_vs_pi0 "
+                        f"{row['eval/reward_delta_vs_pi0']:.4f}, interval above 0) while an observer judge did not "
+                        "(eval/judge/*_gain_vs_pi0)")
+    if row.get("alarm/auxdpo_inert"):
+        messages.append(f"AuxDPO trained as DPO this round: its deltas moved no pair's logit by more than "
+                        f"{row['auxdpo/logit_shift_max']:.2g} (the reference's log-prob gradients leave them no null "
+                        "space; README: DPO or AuxDPO?)")
+    return messages

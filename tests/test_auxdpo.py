@@ -193,6 +193,8 @@ def test_the_learners_hook_penalises_at_the_round_start_weights(model, batch):
         assert_close(grad.double(), expected_grad, rel=1e-4)
         assert metrics["auxdpo/amp_penalty"] == pytest.approx(delta.pow(2).sum().item())
         assert hook.metrics()["auxdpo/jacobian_source"] == "round-start policy"
+        # raw = linspace(-0.8, 0.9, 2P): chosen i and rejected i are P steps of 1.7 / (2P - 1) apart
+        assert hook.metrics()["auxdpo/logit_shift_max"] == pytest.approx(0.1 * 1.7 * PAIRS / (2 * PAIRS - 1))
     finally:
         with torch.no_grad():
             for name, p in model.named_parameters():

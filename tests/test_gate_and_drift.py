@@ -7,6 +7,7 @@ from iterdpo.drift import drift_metrics, falling_streak, kl_estimates
 from iterdpo.gate import baseline_row, blind_thresholds, decide, detectable
 from iterdpo.intervals import paired_change, win
 from iterdpo.records import PairLogps
+from iterdpo.rows import alarm_messages, alarm_metrics
 
 
 def _rates(index: int, refusal: float, toxicity: float, n: int) -> dict:
@@ -135,3 +136,19 @@ def test_win_rate_and_alarm_streak():
     rows = [{"logps/chosen_drift": 1.0}, {"logps/chosen_drift": -0.1}, {"logps/chosen_drift": -0.2}]
     assert falling_streak(rows) == 2
     assert falling_streak(rows[:2] + [{"logps/chosen_drift": 0.3}]) == 0
+
+
+def test_auxdpo_inert_alarm():
+    """A logit shift of 1e-9 (the deltas pinned at zero) raises it; 0.05 does not; a DPO round has no such alarm."""
+    pinned = {"logps/chosen_drift": 1.0, "auxdpo/logit_shift_max": 1e-9}
+    alarms = alarm_metrics([], pinned)
+    assert alarms == {"alarm/chosen_logp_falling_rounds": 0, "alarm/auxdpo_inert": 1.0}
+    messages = alarm_messages({**pinned, **alarms}, alarm_rounds=2)
+    assert len(messages) == 1 and messages[0].startswith("AuxDPO trained as DPO this round") and "1e-09" in messages[0]
+    moving = {"logps/chosen_drift": 1.0, "auxdpo/logit_shift_max": 0.05}
+    assert alarm_metrics([], moving)["alarm/auxdpo_inert"] == 0.0
+    assert alarm_messages({**moving, **alarm_metrics([], moving)}, alarm_rounds=2) == []
+    assert "alarm/auxdpo_inert" not in alarm_metrics([], {"logps/chosen_drift": 1.0})
+    falling = [{"logps/chosen_drift": -1.0}, {"logps/chosen_drift": -2.0}]
+    assert alarm_messages({**falling[1], **alarm_metrics(falling[:1], falling[1])}, alarm_rounds=2) == [
+        "ALARM: the chosen responses' log-prob has fallen 2 rounds in a row (logps/chosen_drift < 0)"]

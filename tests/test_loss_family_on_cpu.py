@@ -39,6 +39,9 @@ def test_auxdpo_round_logs_its_deltas(family_run):
     auxdpo = family_run[1]
     assert auxdpo["auxdpo/delta_abs_max"] > 0  # the deltas trained
     assert "train/auxdpo/null_penalty" in auxdpo and "train/auxdpo/amp_penalty" in auxdpo
+    # |delta_w - delta_l| <= 2 max |delta|; the alarm follows the shift
+    assert 0 <= auxdpo["auxdpo/logit_shift_max"] <= 2 * auxdpo["settings"]["beta"] * auxdpo["auxdpo/delta_abs_max"]
+    assert auxdpo["alarm/auxdpo_inert"] == float(auxdpo["auxdpo/logit_shift_max"] < 1e-3)
     assert all("auxdpo/delta_abs_max" not in row for row in family_run[2:])  # dropped after their round
 
 
