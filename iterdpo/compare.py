@@ -2,6 +2,8 @@
 
 - the settings that differ between the runs (every other setting is the same and left out);
 - per round, each run's headline figures with their 95% intervals;
+- each run against the first, response by response on the held-out prompts, at the last round both reached: the
+  reward's mean difference and the win rate, with 95% bootstrap intervals over prompts;
 - plots with one line per run: the held-out reward, the chosen and rejected drift, the safety rates, and the
   reward-KL frontier: held-out reward against KL to pi0 per sequence, one point per round, with interval bars on
   both axes. `plots.json` lists the points drawn.
@@ -18,7 +20,8 @@ from typing import Any
 
 from iterdpo.atomic import atomic_write, atomic_write_text
 from iterdpo.errors import ConfigError
-from iterdpo.report import CI, CSS, Report, fmt, html_table, load_report, md_table, with_interval
+from iterdpo.intervals import paired_change, win
+from iterdpo.report import CI, CSS, Report, eval_samples, fmt, html_table, load_report, md_table, with_interval
 
 HEADLINE = ("eval/reward_mean", "eval/reward_delta_vs_pi0", "eval/win_rate_vs_pi0", "kl/policy_to_pi0_k3",
             "logps/chosen_drift", "logps/rejected_drift", "safety/refusal_rate", "safety/toxicity_rate",
@@ -54,6 +57,33 @@ def headline_table(runs: dict[str, Report]) -> tuple[list[str], list[list[str]]]
     body = [[label, str(row["round"]), *(with_interval(row, key) for key in columns)]
             for label, report in runs.items() for row in report.rows]
     return ["run", "round", *columns], body
+
+
+def paired_table(runs: dict[str, Report], run_dirs: list[Path]) -> tuple[list[str], list[list[str]]]:
+    """Each run against the first on the same held-out responses' positions (same prompts, in the same order; with
+    the same seed, the same sampling seeds too): `eval/reward_mean` difference and win rate at the last round both
+    reached, each with its 95% interval over prompts, from the runs' saved `round_*/eval_samples`."""
+    (base_label, base), *others = runs.items()
+    dirs = dict(zip(runs, map(Path, run_dirs)))
+    body = []
+    for label, report in others:
+        last = max(set(base.rounds) & set(report.rounds), default=None)
+        first, second = ((None, None) if last is None else
+                         (eval_samples(dirs[name], [last]).get(last) for name in (base_label, label)))
+        if not first or not second:
+            body.append([label, "–", "no held-out responses saved for a round both reached", "–", "–"])
+            continue
+        if [row["prompt"] for row in first] != [row["prompt"] for row in second]:
+            body.append([label, str(last), "the runs' held-out prompts differ: no pairing", "–", "–"])
+            continue
+        now, before = [row["score"] for row in second], [row["score"] for row in first]
+        prompts = [row["prompt_index"] for row in second]
+        change = {**paired_change("difference", now, before, prompts),
+                  **paired_change("wins", now, before, prompts, win)}
+        body.append([label, str(last), with_interval(change, "difference"), with_interval(change, "wins"),
+                     str(len(now))])
+    headers = ["run", "round", f"eval/reward_mean minus {base_label}'s", f"win rate against {base_label}", "responses"]
+    return headers, body
 
 
 def plot_compare(runs: dict[str, Report], out_dir: Path) -> dict[str, Any]:
@@ -105,11 +135,13 @@ def write_compare(run_dirs: list[Path], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = plot_compare(runs, out_dir)
     atomic_write_text(out_dir / "plots.json", json.dumps(drawn, indent=1))
-    settings, headline = differing_settings(runs), headline_table(runs)
+    settings, headline, paired = differing_settings(runs), headline_table(runs), paired_table(runs, run_dirs)
     names = ", ".join(runs)
+    first = next(iter(runs))
     markdown = "\n".join([
         f"# Runs compared: {names}", "", "## Settings that differ", "",
         md_table(*settings) if settings[1] else "None: the runs share every setting.", "",
+        f"## Against {first}, response by response (95% intervals over prompts)", "", md_table(*paired), "",
         "## Plots", "", "![compare](compare.png)", "", "![frontier](frontier.png)", "",
         "## Headline figures per round (95% intervals)", "", md_table(*headline), ""])
     atomic_write_text(out_dir / "compare.md", markdown)
@@ -118,6 +150,8 @@ def write_compare(run_dirs: list[Path], out_dir: Path) -> Path:
         f"<style>{CSS}</style></head><body><h1>Runs compared: {html.escape(names)}</h1>",
         "<h2>Settings that differ</h2>",
         html_table(*settings) if settings[1] else "<p>None: the runs share every setting.</p>",
+        f"<h2>Against {html.escape(first)}, response by response (95% intervals over prompts)</h2>",
+        html_table(*paired),
         "<h2>Plots</h2>", '<img src="compare.png" alt="compare">', '<img src="frontier.png" alt="frontier">',
         "<h2>Headline figures per round (95% intervals)</h2>", html_table(*headline), "</body></html>", ""])
     atomic_write_text(out_dir / "compare.html", page)

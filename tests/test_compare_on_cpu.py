@@ -2,6 +2,7 @@
 
 import json
 
+import datasets
 import pytest
 
 from iterdpo.cli import main
@@ -35,6 +36,20 @@ def test_the_page_lays_the_runs_side_by_side(two_runs, tmp_path, capsys):
     expected = (f"| ipo | 2 | {last['eval/reward_mean']:.4g} [{last['eval/reward_mean_ci_low']:.4g}, "
                 f"{last['eval/reward_mean_ci_high']:.4g}] |")
     assert expected in markdown
+    # ipo against dpo at round 2, response by response, computed here from the saved held-out responses
+    dpo = datasets.load_from_disk(str(two_runs / "dpo" / "round_002" / "eval_samples"))
+    ipo = datasets.load_from_disk(str(two_runs / "ipo" / "round_002" / "eval_samples"))
+    assert dpo["prompt"] == ipo["prompt"]
+    differences = [b - a for a, b in zip(dpo["score"], ipo["score"])]
+    wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(dpo["score"], ipo["score"])]
+    assert "| run | round | eval/reward_mean minus dpo's | win rate against dpo | responses |" in markdown
+    paired = next(line for line in markdown.splitlines()
+                  if line.startswith("| ipo | 2 | ") and line.endswith(f"| {len(wins)} |"))
+    cells = [cell.strip() for cell in paired.strip("|").split("|")]
+    for cell, values in ((cells[2], differences), (cells[3], wins)):
+        value, low, high = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split())
+        assert value == pytest.approx(sum(values) / len(values), rel=1e-3, abs=1e-4)
+        assert low <= value <= high and low < high  # the two losses' responses differ, so the interval has width
     plots = json.loads((out / "plots.json").read_text())
     for label in ("dpo", "ipo"):
         frontier = plots["frontier.png"][label]
