@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import logging
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Sequence
@@ -23,7 +24,7 @@ from iterdpo.loss_params import (LOSS_NAMES, NEEDS_SECOND_EPOCH, ROUND_START_REF
                                   SINGLE_LEARNER_LOSSES, LossParams)
 from iterdpo.scorers.specs import ScorerSpec
 from iterdpo.typed import (Checked, Fraction, Invalid, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                           Probability, Range, Share, build, did_you_mean, unknown_key)
+                           Probability, Range, Share, build, convert, did_you_mean, unknown_key)
 
 __all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "round_settings"]
 
@@ -184,10 +185,17 @@ class RoundConfig(Checked):
     loss_params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        names = [f.name for f in dataclasses.fields(LossParams) if f.name != "beta"]
+        hints = typing.get_type_hints(LossParams)
+        names = [name for name in hints if name != "beta"]
         for key in self.loss_params:
             if key not in names:
                 raise Invalid(f"loss_params.{key}", f"unknown loss parameter{did_you_mean(key, names)}")
+        # Each value has its LossParams field's type (an int becomes a float), so a range check never meets a string.
+        for key, value in self.loss_params.items():
+            try:
+                self.loss_params[key] = convert(value, hints[key], key)
+            except ConfigError as err:
+                raise Invalid(f"loss_params.{key}", str(err).split(": ", 1)[1]) from None
         try:
             LossParams(beta=self.beta, **self.loss_params)
         except (TypeError, ValueError) as err:

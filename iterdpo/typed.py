@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class DuplicateKey(Exception):
         self.key, self.first, self.second = key, first, second
 
 
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
 def unique_key_loader() -> type:
     """A safe YAML loader that refuses a mapping with a repeated key (`DuplicateKey`, with both 1-based lines)."""
     import yaml
@@ -78,6 +82,8 @@ def unique_key_loader() -> type:
                 seen[key] = line
             return super().construct_mapping(node, deep)
 
+    # YAML 1.1 reads `1e-5` (an exponent without a dot or a sign) as a string; people write learning rates so.
+    UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
     return UniqueKeyLoader
 
 

@@ -14,6 +14,28 @@ def test_dotted_overrides_are_typed():
     assert cfg.round.beta == 0.5 and cfg.learner.zero_stage == 3 and cfg.run.rounds == 4
 
 
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    """YAML 1.1 reads `1e-5` as a string; a learning rate written so is a float here."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("round:\n  learning_rate: 2e-5\n  beta: 1.5E-1\n")
+    cfg = load_config(path, ["round.loss_params.aux_lambda_null=1e-6", "run.rounds=2"])
+    assert cfg.round.learning_rate == 2e-5 and cfg.round.beta == 0.15
+    assert cfg.round.loss_params == {"aux_lambda_null": 1e-6} and cfg.run.rounds == 2
+    assert load_config(path, ["round.learning_rate=3e-5"]).round.learning_rate == 3e-5
+    assert config_from_dict({}, ["round.learning_rate=.5e-4"]).round.learning_rate == 5e-5
+    with pytest.raises(ConfigError, match="round.learning_rate: expected float, got str '1e-5x'"):
+        config_from_dict({}, ["round.learning_rate=1e-5x"])
+
+
+def test_loss_params_take_their_fields_types():
+    assert config_from_dict({}, ["round.loss_params={eps: 0, aux_cap: null}"]).round.loss_params == {
+        "eps": 0.0, "aux_cap": None}
+    with pytest.raises(ConfigError, match=r"^round.loss_params.eps: expected float, got str 'abc'$"):
+        config_from_dict({}, ["round.loss_params.eps=abc"])
+    with pytest.raises(ConfigError, match=r"^schedule\[1\].loss_params.ipo_normalize: expected bool"):
+        config_from_dict({"run": {"rounds": 2}, "schedule": [{}, {"loss_params": {"ipo_normalize": 3}}]})
+
+
 def test_lora_is_a_nested_section():
     assert config_from_dict({}).learner.lora.rank == 0  # full fine-tuning unless asked for
     lora = config_from_dict({"learner": {"lora": {"alpha": 32}}}, ["learner.lora.rank=8"]).learner.lora
