@@ -1,6 +1,7 @@
 """`iterdpo compare` on real run directories: the smoke configuration trained with two losses."""
 
 import json
+import shutil
 
 import datasets
 import pytest
@@ -36,20 +37,6 @@ def test_the_page_lays_the_runs_side_by_side(two_runs, tmp_path, capsys):
     expected = (f"| ipo | 2 | {last['eval/reward_mean']:.4g} [{last['eval/reward_mean_ci_low']:.4g}, "
                 f"{last['eval/reward_mean_ci_high']:.4g}] |")
     assert expected in markdown
-    # ipo against dpo at round 2, response by response, computed here from the saved held-out responses
-    dpo = datasets.load_from_disk(str(two_runs / "dpo" / "round_002" / "eval_samples"))
-    ipo = datasets.load_from_disk(str(two_runs / "ipo" / "round_002" / "eval_samples"))
-    assert dpo["prompt"] == ipo["prompt"]
-    differences = [b - a for a, b in zip(dpo["score"], ipo["score"])]
-    wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(dpo["score"], ipo["score"])]
-    assert "| run | round | eval/reward_mean minus dpo's | win rate against dpo | responses |" in markdown
-    paired = next(line for line in markdown.splitlines()
-                  if line.startswith("| ipo | 2 | ") and line.endswith(f"| {len(wins)} |"))
-    cells = [cell.strip() for cell in paired.strip("|").split("|")]
-    for cell, values in ((cells[2], differences), (cells[3], wins)):
-        value, low, high = (float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split())
-        assert value == pytest.approx(sum(values) / len(values), rel=1e-3, abs=1e-4)
-        assert low <= value <= high and low < high  # the two losses' responses differ, so the interval has width
     plots = json.loads((out / "plots.json").read_text())
     for label in ("dpo", "ipo"):
         frontier = plots["frontier.png"][label]
@@ -62,3 +49,36 @@ def test_a_folder_that_is_not_a_run_is_one_line(two_runs, tmp_path, capsys):
     assert main(["compare", str(two_runs / "dpo"), str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "is not a run directory" in lines[0]
+
+
+def test_each_run_against_the_first_response_by_response(two_runs, tmp_path, capsys):
+    """The paired table, computed here from the saved held-out responses. The smoke policies barely move in two
+    rounds, so a third run is the ipo run with its round-2 scores raised by a known amount per prompt (0, 0.1, 0.2)."""
+    shifted = tmp_path / "shifted"
+    shutil.copytree(two_runs / "ipo", shifted)
+    folder = shifted / "round_002" / "eval_samples"
+    ipo = datasets.load_from_disk(str(two_runs / "ipo" / "round_002" / "eval_samples"))
+    offsets = [0.1 * (prompt % 3) for prompt in ipo["prompt_index"]]
+    shutil.rmtree(folder)
+    ipo.map(lambda row, i: {"score": row["score"] + offsets[i]}, with_indices=True).save_to_disk(str(folder))
+    out = tmp_path / "out"
+    assert main(["compare", str(two_runs / "dpo"), str(two_runs / "ipo"), str(shifted), "--out", str(out)]) == 0
+    markdown = (out / "compare.md").read_text()
+    assert "| run | round | eval/reward_mean minus dpo's | win rate against dpo | responses |" in markdown
+    dpo = datasets.load_from_disk(str(two_runs / "dpo" / "round_002" / "eval_samples"))
+    assert dpo["prompt"] == ipo["prompt"]
+    for label, scores in (("ipo", ipo["score"]), ("shifted", [a + b for a, b in zip(ipo["score"], offsets)])):
+        differences = [b - a for a, b in zip(dpo["score"], scores)]
+        wins = [1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(dpo["score"], scores)]
+        line = next(line for line in markdown.splitlines()
+                    if line.startswith(f"| {label} | 2 | ") and line.endswith(f"| {len(wins)} |"))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        parsed = {}
+        for name, cell, values in (("difference", cells[2], differences), ("wins", cells[3], wins)):
+            numbers = [float(x) for x in cell.replace("[", "").replace("]", "").replace(",", "").split()]
+            assert numbers[0] == pytest.approx(sum(values) / len(values), rel=1e-3, abs=1e-4)
+            assert len(numbers) == 3 and numbers[1] <= numbers[0] <= numbers[2]
+            parsed[name] = numbers
+        if label == "shifted":  # the offsets differ by prompt: the difference's interval over prompts has width
+            value, low, high = parsed["difference"]
+            assert low < high and value > 0.05
