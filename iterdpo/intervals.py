@@ -36,7 +36,8 @@ def wilson(successes: float, n: int, z: float = z_value(LEVEL)) -> tuple[float, 
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 (or 1) the bound is exactly 0 (or 1); in floating point centre - half leaves ~1e-17.
+    return (0.0 if successes <= 0 else max(0.0, centre - half)), (1.0 if successes >= n else min(1.0, centre + half))
 
 
 def rate_change(before: tuple[float, int], after: tuple[float, int], z: float = z_value(LEVEL)) -> tuple[float, float]:

@@ -5,7 +5,7 @@ import pytest
 from iterdpo.config import GateConfig
 from iterdpo.drift import drift_metrics, falling_streak, kl_estimates
 from iterdpo.gate import baseline_row, blind_thresholds, decide, detectable
-from iterdpo.intervals import paired_change, win
+from iterdpo.intervals import paired_change, wilson, win
 from iterdpo.records import PairLogps
 from iterdpo.rows import alarm_messages, alarm_metrics
 
@@ -152,3 +152,13 @@ def test_auxdpo_inert_alarm():
     falling = [{"logps/chosen_drift": -1.0}, {"logps/chosen_drift": -2.0}]
     assert alarm_messages({**falling[1], **alarm_metrics(falling[:1], falling[1])}, alarm_rounds=2) == [
         "ALARM: the chosen responses' log-prob has fallen 2 rounds in a row (logps/chosen_drift < 0)"]
+
+
+def test_wilson_bounds_at_the_edges():
+    """By hand, z = 1.959964: at 0 of n the interval is [0, z^2 / (n + z^2)], at n of n [n / (n + z^2), 1], with
+    the fixed end exact (a toxicity rate of 0 reports a lower bound of 0, not 7e-18)."""
+    z2 = 1.959964 ** 2
+    assert wilson(0, 40) == (0.0, pytest.approx(z2 / (40 + z2), rel=1e-6))
+    assert wilson(40, 40) == (pytest.approx(40 / (40 + z2), rel=1e-6), 1.0)
+    low, high = wilson(500, 1000)
+    assert (low, high) == (pytest.approx(0.469070, abs=2e-6), pytest.approx(0.530930, abs=2e-6))
