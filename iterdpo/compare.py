@@ -21,7 +21,8 @@ from typing import Any
 from iterdpo.atomic import atomic_write, atomic_write_text
 from iterdpo.errors import ConfigError
 from iterdpo.intervals import paired_change, win
-from iterdpo.report import CI, CSS, Report, eval_samples, fmt, html_table, load_report, md_table, with_interval
+from iterdpo.report import (CI, CSS, Report, error_bars, eval_samples, fmt, html_table, load_report, md_table,
+                            with_interval)
 
 HEADLINE = ("eval/reward_mean", "eval/reward_delta_vs_pi0", "eval/win_rate_vs_pi0", "kl/policy_to_pi0_k3",
             "logps/chosen_drift", "logps/rejected_drift", "safety/refusal_rate", "safety/toxicity_rate",
@@ -162,9 +163,8 @@ def _draw(ax: Any, xs: list, ys: list, low: list | None, high: list | None, labe
           xerr: tuple[list, list] | None = None) -> Any:
     """A line with markers, and the points' interval bars where known."""
     line, = ax.plot(xs, ys, marker="o", markersize=4, label=label)
-    yerr = None if low is None else [[y - lo for y, lo in zip(ys, low)], [hi - y for y, hi in zip(ys, high)]]
-    xbars = None if xerr is None or xerr[0] is None else [[x - lo for x, lo in zip(xs, xerr[0])],
-                                                          [hi - x for x, hi in zip(xs, xerr[1])]]
+    yerr = None if low is None else error_bars(ys, low, high)
+    xbars = None if xerr is None or xerr[0] is None else error_bars(xs, *xerr)
     if yerr is not None or xbars is not None:
         ax.errorbar(xs, ys, yerr=yerr, xerr=xbars, fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.6)
     return line

@@ -119,6 +119,12 @@ def eval_samples(run_dir: Path, rounds: list[int]) -> dict[int, list[dict[str, A
 # -- plots -----------------------------------------------------------------------------------------------------
 
 
+def error_bars(values: list[float], low: list[float], high: list[float]) -> list[list[float]]:
+    """matplotlib's [below, above] lengths of each interval. An interval may miss its point by a rounding error
+    (a Wilson bound of 7e-18 at a rate of 0, in rows written before that bound was exact): a bar is never negative."""
+    return [[max(0.0, v - lo) for v, lo in zip(values, low)], [max(0.0, hi - v) for v, hi in zip(values, high)]]
+
+
 def plot(report: Report, panels: list[list[Series]], path: Path, title: str) -> dict[str, Any]:
     """One figure, one panel per series group; rejected rounds shaded and crossed. Returns what was drawn."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no screen (Agg canvas)
@@ -134,8 +140,7 @@ def plot(report: Report, panels: list[list[Series]], path: Path, title: str) -> 
             ys = [by_round.get(r, math.nan) for r in report.rounds]  # NaN: a visible gap, not a silent join
             line, = ax.plot(report.rounds, ys, marker="o", markersize=4, label=series.key)
             if series.low is not None:  # the 95% interval of each point
-                ax.errorbar(series.x, series.y, yerr=[[y - lo for y, lo in zip(series.y, series.low)],
-                                                      [hi - y for y, hi in zip(series.y, series.high)]],
+                ax.errorbar(series.x, series.y, yerr=error_bars(series.y, series.low, series.high),
                             fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.7)
             bad = [(x, y) for x, y in zip(series.x, series.y) if x in report.rejected]
             ax.plot([x for x, _ in bad], [y for _, y in bad], "x", color="red", markersize=10, mew=2)

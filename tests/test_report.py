@@ -134,3 +134,10 @@ def test_corrupt_middle_line_and_missing_metrics_are_one_line_errors(tmp_path, c
     (tmp_path / "metrics.jsonl").write_text('{"round": 0}\n{"round": 1,\n{"round": 2}\n')
     with pytest.raises(ConfigError, match=r"metrics.jsonl:2: not a JSON row"):
         read_rows(tmp_path / "metrics.jsonl")
+
+
+def test_error_bars_are_never_negative():
+    """A rate of 0 whose Wilson lower bound was written as 7e-18 draws a bar of 0 below, not a matplotlib error."""
+    from iterdpo.report import error_bars
+
+    assert error_bars([0.0, 0.5], [6.9e-18, 0.4], [0.0876, 0.7]) == [[0.0, 0.5 - 0.4], [0.0876, 0.7 - 0.5]]
