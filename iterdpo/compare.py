@@ -66,11 +66,14 @@ def paired_table(runs: dict[str, Report], run_dirs: list[Path]) -> tuple[list[st
     reached, each with its 95% interval over prompts, from the runs' saved `round_*/eval_samples`."""
     (base_label, base), *others = runs.items()
     dirs = dict(zip(runs, map(Path, run_dirs)))
+    base_samples: dict[int, list[dict[str, Any]] | None] = {}  # the first run's, read once per round
     body = []
     for label, report in others:
         last = max(set(base.rounds) & set(report.rounds), default=None)
-        first, second = ((None, None) if last is None else
-                         (eval_samples(dirs[name], [last]).get(last) for name in (base_label, label)))
+        if last is not None and last not in base_samples:
+            base_samples[last] = eval_samples(dirs[base_label], [last]).get(last)
+        first = None if last is None else base_samples[last]
+        second = None if last is None else eval_samples(dirs[label], [last]).get(last)
         if not first or not second:
             body.append([label, "–", "no held-out responses saved for a round both reached", "–", "–"])
             continue
