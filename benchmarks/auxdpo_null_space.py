@@ -44,6 +44,8 @@ def load_policy(config: dict, lora_rank: int) -> tuple[torch.nn.Module, int]:
     if lora_rank:
         from peft import LoraConfig, get_peft_model
 
+        torch.manual_seed(0)  # LoRA's A starts random: a fixed draw makes the spectrum reproducible
+
         lora = config["learner"]["lora"]
         model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=lora["alpha"], lora_dropout=0.0,
                                                  target_modules=lora["target_modules"]))
@@ -101,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     })
     print(f"eigenvalues of A A^T: min {eigen[0]:.4g}, median {eigen[m // 2]:.4g}, max {eigen[-1]:.4g} "
           f"(condition {eigen[-1] / eigen[0]:.3g})")
-    print(f"rank {int((eigen > eigen[-1] * m * torch.finfo(torch.float32).eps).sum())} of {m}: "
-          f"null(A^T) has dimension {m - int((eigen > eigen[-1] * m * torch.finfo(torch.float32).eps).sum())}")
+    rank = int((eigen > eigen[-1] * m * torch.finfo(torch.float32).eps).sum())
+    print(f"rank {rank} of {m}: null(A^T) has dimension {m - rank}")
     print(f"with beta={beta}, lambda_null={lambda_null}, lambda_amp={lambda_amp}: ||delta|| <= {bound:.3g} "
           f"at the penalised optimum (a shift of at most {beta * math.sqrt(2) * bound:.3g} in a pair's logit)")
     return 0
