@@ -14,6 +14,7 @@ import random
 import shutil
 import socket
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +34,9 @@ from iterdpo.seeds import epoch_seed
 from iterdpo.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
 from iterdpo.sharding import shard_bounds
 from iterdpo.weights import hash_state, read_weights
+
+
+TIED_HEAD = "lm_head.weight"  # a causal LM's output head: with tied embeddings, the input embedding again
 
 
 def _free_port() -> int:
@@ -105,6 +109,10 @@ class Learner:
             "steps_per_print": 10**9,
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        if self.world_size == 1 and cfg.zero_stage == 0:
+            # A lone rank's all-reduce averages over itself: DeepSpeed would still flatten every gradient into
+            # buckets and copy it back after each backward pass.
+            self.engine.enable_backward_allreduce = False
         self.device = self.engine.device
 
     # -- scoring -------------------------------------------------------------------------------------------------
@@ -121,9 +129,7 @@ class Learner:
                 per_token = per_token_lists(token_logprobs(self.engine, tokens), tokens)
                 chosen += per_token[: len(batch)]
                 rejected += per_token[len(batch) :]
-        # summed in float64 from the same per-token values the KL estimate uses
-        return PairLogps(chosen=[math.fsum(row) for row in chosen], rejected=[math.fsum(row) for row in rejected],
-                         weights_hash=self.weights_hash(), tokens=chosen + rejected)
+        return PairLogps.from_tokens(chosen, rejected, self.weights_hash())
 
     def reference_logprobs(self, pairs: list[Pair], weights_file: str | None = None) -> PairLogps:
         """Summed log-probs of chosen and rejected responses under the current (round-start) weights, or under the
@@ -159,8 +165,9 @@ class Learner:
     # -- training ------------------------------------------------------------------------------------------------
 
     def train(self, pairs: list[Pair], reference: PairLogps, settings: RoundConfig, seed: int,
-              max_refused_steps: int) -> TrainResult:
-        """Trains `settings.loss` on the round's pairs for `settings.epochs`, then scores the pairs again.
+              max_refused_steps: int, rescore: bool = True) -> TrainResult:
+        """Trains `settings.loss` on the round's pairs for `settings.epochs`, then scores the pairs again; without
+        `rescore` the result's `after` carries only the trained weights' hash (the engines score the pairs).
 
         A step whose loss or gradient is not finite is refused (not applied) and counted; past `max_refused_steps`
         training stops and the result says it diverged: the caller restores the round's start weights."""
@@ -189,8 +196,10 @@ class Learner:
         metrics.update(hook.metrics())
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
         self.engine.eval()
-        return TrainResult(metrics=metrics, after=self._pair_logps(pairs), refused_steps=refused,
-                           losses=[step["loss"] for step in history])
+        rescoring = time.perf_counter()
+        after = self._pair_logps(pairs) if rescore else PairLogps([], [], weights_hash=self.weights_hash())
+        metrics["time/train_rescore"] = time.perf_counter() - rescoring  # the drift metrics' pass, outside the steps
+        return TrainResult(metrics=metrics, after=after, refused_steps=refused, losses=[step["loss"] for step in history])
 
     def _start_round(self, settings: RoundConfig, params: LossParams, num_pairs: int) -> TrainingHook:
         """Each round is a fresh preference problem against a new reference: Adam's moments start from zero at the
@@ -290,19 +299,24 @@ class Learner:
 
     # -- weights -------------------------------------------------------------------------------------------------
 
-    def export_weights(self) -> dict[str, torch.Tensor]:
+    def export_weights(self, for_engine: bool = False) -> dict[str, torch.Tensor]:
         """A CPU copy of the full state dict with Hugging Face names (with LoRA: the merged weights); gathers ZeRO-3
-        shards first."""
+        shards first. `for_engine` is what a weight push sends: the tensors themselves, which Ray copies into its
+        object store as the call returns (the only copy), without a tied output head: it is the embedding again,
+        which the engines tie back themselves (`Generator.load_weights`)."""
+        skip = TIED_HEAD if for_engine and getattr(self.engine.module.config, "tie_word_embeddings", False) else None
         if self.adapter is not None:
-            return self.adapter.merged_state()
+            return {name: t for name, t in self.adapter.merged_state().items() if name != skip}
         module = self.engine.module
         gathered = contextlib.nullcontext()
         if self.cfg.zero_stage == 3:
             import deepspeed
 
             gathered = deepspeed.zero.GatheredParameters(list(module.parameters()))
+        copy = not for_engine or self.cfg.zero_stage == 3  # gathered ZeRO-3 weights are released after the block
         with gathered:
-            return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+            return {name: tensor.detach().to("cpu", copy=copy) for name, tensor in module.state_dict().items()
+                    if name != skip}
 
     def save_weights(self, folder: str) -> str:
         """Writes the policy as a Hugging Face folder (safetensors, config and tokenizer of the original model)
@@ -361,4 +375,7 @@ class Learner:
                 param.copy_(state[name].to(param.device, param.dtype))
 
     def weights_hash(self) -> str:
-        return hash_state(self.export_weights())
+        """The hash of `export_weights()`'s state, read in place where the module holds whole weights (no copy)."""
+        if self.adapter is not None or self.cfg.zero_stage == 3:
+            return hash_state(self.export_weights())
+        return hash_state(self.engine.module.state_dict())

@@ -78,6 +78,18 @@ def run_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def run_config(args: argparse.Namespace, *extra: str):
+    """The config a `run_parser` script runs: --config with its dotted overrides, --model, --prompts, then `extra`."""
+    from iterdpo.config import load_config
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.path={args.model}")
+    if args.prompts:
+        overrides.append(f"data.prompts_per_round={args.prompts}")
+    return load_config(args.config, overrides + list(extra))
+
+
 def progress(text: str) -> None:
     """One line per run on stderr, so a long benchmark shows where it is; the results go to stdout."""
     print(f"   {text}", file=sys.stderr, flush=True)
@@ -128,3 +140,27 @@ def quiet_logs() -> None:
 def header(title: str, settings: dict[str, Any]) -> None:
     print(f"== {title}")
     print("   " + ", ".join(f"{key}={value}" for key, value in settings.items()))
+
+
+def read_status_gib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20  # kB
+    return peak_rss_gib()
+
+
+def reset_peak_rss() -> float:
+    """Resets this process's peak-RSS mark (Linux: `5` to /proc/self/clear_refs); returns the RSS now."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # the peak then includes the shared setup, on both sides alike
+    return read_status_gib("VmRSS")
+
+
+def available_gib() -> float:
+    """Memory the system can still hand out (Linux: MemAvailable), GiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20  # kB
+    return float("inf")

@@ -9,7 +9,11 @@
 A step is forward + backward + optimizer step on B pairs (2B sequences). The AuxDPO step adds the soft penalty
 (form b of `iterdpo.auxdpo`) at the round-start weights of the constrained parameters (a snapshot, option ii),
 its deltas and their optimizer. All sides take turns within each repeat (`_bench.interleaved`); a ratio is the
-median over repeats of back-to-back measurements, so a shared machine's drifting load cancels.
+median over repeats of back-to-back measurements, so a shared machine's drifting load cancels. The AuxDPO step runs
+with each penalty mode (double backward, the default; forward-mode jvp). Peak memory per side: the GPU's peak
+allocation, or on a CPU this process's peak RSS during one run (model and optimizer state included, as on the GPU).
+The per-sample loop holds the whole Jacobian A [2B x P] twice: when that would not fit in the memory that is free,
+it is skipped with a message.
 
 Floor: the exact penalty is one forward and one backward at the reference plus one tangent pass T, so with every
 parameter constrained the ratio is about 2 + (T - O) / S (O the optimizer step, S the DPO step): above 2x unless
@@ -27,7 +31,8 @@ from typing import Callable
 import torch
 
 # _bench also puts the project root on sys.path, for `python benchmarks/auxdpo_step.py` from anywhere.
-from _bench import header, interleaved, paired_ratio, print_table, quiet_logs, ratio_line
+from _bench import (available_gib, header, interleaved, paired_ratio, print_table, quiet_logs, ratio_line,
+                    read_status_gib, reset_peak_rss)
 
 from iterdpo.auxdpo import AuxDeltas, auxdpo_regulariser, bind, null_space_penalty, per_sample_penalty_loop, snapshot
 from iterdpo.loss_params import LossParams
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     def ref_logp_fn(values: dict[str, torch.Tensor]) -> torch.Tensor:
         return sequence_logprobs(bind(model, values), batch)
 
-    def step(loss_name: str) -> None:
+    def step(loss_name: str, mode: str = "double_backward") -> None:
         optimizer.zero_grad(set_to_none=True)
         logps = sequence_logprobs(model, batch)
         inputs = LossInputs(logps[:b], logps[b:], reference_logps[:b], reference_logps[b:],
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if loss_name == "auxdpo":
             delta = torch.cat([inputs.delta_chosen, inputs.delta_rejected])
             penalty, _ = auxdpo_regulariser(ref_logp_fn, reference, delta, params.aux_lambda_null,
-                                            params.aux_lambda_amp)
+                                            params.aux_lambda_amp, mode=mode)
             loss = loss + penalty
         loss.backward()
         optimizer.step()
@@ -144,27 +149,48 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": batch.input_ids.shape[1], "threads": args.threads, "repeats": args.repeats,
         "load_average": f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
     })
+    loop_name = f"penalty: per-sample loop ({2 * b} backwards)"
     sides = {
         "DPO step": lambda: step("dpo"),
         "AuxDPO step (penalty form b)": lambda: step("auxdpo"),
+        "AuxDPO step (penalty by jvp)": lambda: step("auxdpo", mode="jvp"),
         "penalty: vjp + double backward (default)": penalty(null_space_penalty),
         "penalty: vjp + forward-mode jvp": penalty(lambda *a: null_space_penalty(*a, mode="jvp")),
-        f"penalty: per-sample loop ({2 * b} backwards)": penalty(per_sample_penalty_loop),
+        loop_name: penalty(per_sample_penalty_loop),
     }
+    # The loop holds A [2B x P] twice (its rows, then their stack) beside the batch's graph and the other sides'
+    # buffers: a baseline that would take more than half the free memory is left out (24 GiB was not enough at 135M).
+    element = next(iter(reference.values())).element_size()
+    loop_gib = 2 * 2 * b * constrained * element / 2**30
+    free_gib = (torch.cuda.mem_get_info()[0] / 2**30 if torch.device(args.device).type == "cuda"
+                else available_gib())
+    if loop_gib > 0.5 * free_gib:
+        del sides[loop_name]
+        print(f"auxdpo_step: skipped the per-sample loop: its Jacobian needs about {loop_gib:.1f} GiB, "
+              f"{free_gib:.1f} GiB are free", flush=True)
     on_gpu = torch.device(args.device).type == "cuda"
-    peaks = {name: device_peak_gib(run) for name, run in sides.items()} if on_gpu else {}
+    peaks = {name: (device_peak_gib if on_gpu else process_peak_gib)(run) for name, run in sides.items()}
     measured = interleaved({name: synchronised(run, on_gpu) for name, run in sides.items()}, args.repeats, args.warmup)
-    dpo, aux, fast, fast_jvp, loop = (m.seconds for m in measured.values())
-    if peaks:
-        print_table(["side", "median ms", "peak GiB"], [[n, m.median_s * 1e3, peaks[n]] for n, m in measured.items()])
-    else:
-        print_table(["side", "median ms"], [[name, m.median_s * 1e3] for name, m in measured.items()])
+    seconds = {name: m.seconds for name, m in measured.items()}
+    dpo, aux, aux_jvp = seconds["DPO step"], seconds["AuxDPO step (penalty form b)"], seconds["AuxDPO step (penalty by jvp)"]
+    print_table(["side", "median ms", "peak GiB" if on_gpu else "peak RSS GiB"],
+                [[n, m.median_s * 1e3, peaks[n]] for n, m in measured.items()])
     print(ratio_line("auxdpo_step: AuxDPO step / DPO step", paired_ratio(aux, dpo), ("<=", 2.0)))
-    if peaks:
-        print(ratio_line("auxdpo_step: AuxDPO step peak memory / DPO step's",
-                         peaks["AuxDPO step (penalty form b)"] / peaks["DPO step"], ("<=", 1.5)))
-    print(ratio_line("auxdpo_step: per-sample loop / penalty (double backward)", paired_ratio(loop, fast)))
-    print(ratio_line("auxdpo_step: per-sample loop / penalty (forward-mode jvp)", paired_ratio(loop, fast_jvp)))
+    print(ratio_line("auxdpo_step: AuxDPO step peak memory / DPO step's",
+                     peaks["AuxDPO step (penalty form b)"] / peaks["DPO step"], ("<=", 1.5)))
+    print(ratio_line("auxdpo_step: AuxDPO step (jvp) / DPO step", paired_ratio(aux_jvp, dpo)))
+    print(ratio_line("auxdpo_step: AuxDPO step (jvp) peak memory / DPO step's",
+                     peaks["AuxDPO step (penalty by jvp)"] / peaks["DPO step"]))
+    for mode in ("double backward", "forward-mode jvp"):
+        fast = seconds["penalty: vjp + double backward (default)" if mode == "double backward"
+                       else "penalty: vjp + forward-mode jvp"]
+        if loop_name in seconds:
+            print(ratio_line(f"auxdpo_step: per-sample loop / penalty ({mode})", paired_ratio(seconds[loop_name], fast)))
+    # The floor: with every parameter constrained the penalty is a forward and backward at the reference weights
+    # plus a tangent pass, so the AuxDPO step cannot go below about 2 DPO steps.
+    penalty_ratio = paired_ratio(seconds["penalty: vjp + double backward (default)"], dpo)
+    print(ratio_line("auxdpo_step: penalty alone / DPO step (the floor's excess: AuxDPO step >= 1 + this)",
+                     penalty_ratio))
     return 0
 
 
@@ -178,6 +204,14 @@ def synchronised(run: Callable[[], None], on_gpu: bool) -> Callable[[], None]:
         torch.cuda.synchronize()
 
     return timed
+
+
+def process_peak_gib(run: Callable[[], None]) -> float:
+    """This process's peak resident memory during one run of a side (the model, optimizer state and batch
+    included), on a CPU."""
+    reset_peak_rss()
+    run()
+    return read_status_gib("VmHWM")
 
 
 def device_peak_gib(run: Callable[[], None]) -> float:

@@ -7,7 +7,7 @@
 Three sides generate from the same review prefixes (`iterdpo.data`), n samples each, up to --max-tokens tokens, at
 temperature 1.0 (top-p 1, no top-k):
 
-- actor: `ray.remote(Generator)` started with `iterdpo.runtime.actor_env()`, exactly as the orchestrator starts
+- actor: `GeneratorGroup.create(...)` with `iterdpo.runtime.actor_env()`, exactly as the orchestrator starts
   it, called with `generate.remote(prompts, Sampling(...))`; the time includes Ray's round trip and the
   conversion of vLLM's outputs into `Sample` records.
 - bare: a vLLM `LLM` built with the same arguments in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, so the
@@ -15,9 +15,9 @@ temperature 1.0 (top-p 1, no top-k):
   as the actor asks for them) and the same seeding.
 - hf: `model.generate` of transformers on the same model, one left-padded batch of all prompts x n samples.
 
-The actor's process runs torch with one thread (Ray sets OMP_NUM_THREADS=1 for an actor with num_cpus < 1, and
-vLLM keeps it); bare and hf run with --threads (default 1, the same), so the ratios compare the code paths, not the
-thread counts. The table prints each side's count.
+The actor is started as the orchestrator starts it (`GeneratorGroup`: OMP_NUM_THREADS = generator.torch_threads,
+which vLLM's CPU backend takes when the engine starts); bare and hf run with --threads (default: the same count), so
+the ratios compare the code paths, not the thread counts. The table prints each side's count.
 
 Generated tokens are counted exactly: the token ids each side returns (an end-of-sequence token included; padding
 after it not). A side's figure is tokens / second; the ratios are medians of ratios of runs made back to back.
@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of this process's sides (bare, hf); 1 = what Ray gives the actor")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process's sides (bare, hf); default: generator.torch_threads")
     parser.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face side")
     parser.add_argument("--quick", action="store_true", help="smallest settings: 4 prompts x 2 x 16 tokens, 1 repeat")
     args = parser.parse_args(argv)
@@ -66,16 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from actors.generator import Generator
     from iterdpo.config import DataConfig, GeneratorConfig, ModelConfig
+    from iterdpo.groups import GeneratorGroup
     from iterdpo.data import load_prompts
     from iterdpo.models import resolve_model
     from iterdpo.runtime import init_ray
     from iterdpo.records import Sampling
 
-    # vLLM's CPU worker freezes the thread count when the engine starts; Ray starts the actor with
-    # OMP_NUM_THREADS=1 (num_cpus < 1), so the driver's sides get the same count unless told otherwise.
-    torch.set_num_threads(args.threads)
+    # vLLM's CPU worker freezes the thread count when the engine starts; the actor gets generator.torch_threads,
+    # and so do the driver's sides unless told otherwise.
+    threads = args.threads or GeneratorConfig().torch_threads
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # what vLLM's CPU backend reads when the bare engine starts
+    torch.set_num_threads(threads)
     model_dir = str(resolve_model(args.model))
     prompts = list(load_prompts(DataConfig(), args.seed).train[: args.prompts])
     texts = [prompt.text for prompt in prompts]  # what the bare engine and transformers are given
@@ -85,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     init_ray(2)
     started = time.perf_counter()
-    actor = (ray.remote(Generator)
-             .options(num_cpus=cfg.num_cpus, runtime_env={"env_vars": actor_env()})
-             .remote(ModelConfig(path=model_dir), cfg, args.seed))
+    actor = GeneratorGroup.create(ModelConfig(path=model_dir), cfg, args.seed,
+                                  {"runtime_env": {"env_vars": actor_env()}}).first
     bare = BareEngine(model_dir, cfg, args.seed)  # starts while the actor starts
     ray.get(actor.__ray_ready__.remote())
     print(f"engines started in {time.perf_counter() - started:.1f} s")

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import header, progress, print_table, quiet_logs, ratio_line, run_parser  # noqa: E402
+from _bench import header, progress, print_table, quiet_logs, ratio_line, run_config, run_parser  # noqa: E402
 
 OVERHEAD_TARGET = ("<=", 1.05)
 # The round's steps that `run_round` times inside `time/round` but outside every `time/<phase>`.
@@ -69,16 +69,10 @@ def _time_calls(obj: object, method: str, sink: dict[str, float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs()
-    from iterdpo.config import load_config
     from iterdpo.orchestrator import PHASES, Orchestrator
 
     rounds = args.warmup + args.points * args.repeats
-    overrides = list(args.overrides) + [f"run.rounds={rounds}"]
-    if args.model:
-        overrides.append(f"model.path={args.model}")
-    if args.prompts:
-        overrides.append(f"data.prompts_per_round={args.prompts}")
-    cfg = load_config(args.config, overrides)
+    cfg = run_config(args, f"run.rounds={rounds}")
     base = cfg.data.prompts_per_round
     points = [base * 2**i for i in range(args.points)]
     order = [base] * args.warmup

@@ -25,7 +25,8 @@ from actors.generator import Generator
 from actors.judge import Judge
 from actors.learner import Learner, Rank
 from iterdpo.config import GeneratorConfig, JudgeConfig, LearnerConfig, ModelConfig, RoundConfig
-from iterdpo.records import Message, PairLogps, Prompt, Sample, Sampling, TrainResult
+from iterdpo.pairs import pair_sequences
+from iterdpo.records import Message, Pair, PairLogps, Prompt, Sample, Sampling, TrainResult
 from iterdpo.scorers.combine import JudgeResult
 from iterdpo.seeds import shard_seed
 from iterdpo.sharding import shard_bounds
@@ -45,6 +46,9 @@ class GeneratorGroup:
 
     @classmethod
     def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any]) -> GeneratorGroup:
+        runtime_env = options.get("runtime_env", {})
+        env = {**runtime_env.get("env_vars", {}), "OMP_NUM_THREADS": str(cfg.torch_threads)}
+        options = {**options, "runtime_env": {**runtime_env, "env_vars": env}}
         remote = ray.remote(Generator).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **options)
         return cls([remote.remote(model, cfg, seed) for _ in range(cfg.replicas)])
 
@@ -74,6 +78,21 @@ class GeneratorGroup:
     def logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[ray.ObjectRef]:
         """One pending result per generator: the parity check holds each engine to the learner."""
         return [actor.logprobs.remote(sequences) for actor in self.actors]
+
+    def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Per-token log-probs of every sequence, each contiguous shard scored by its own engine, joined in order."""
+        bounds = shard_bounds(len(sequences), len(self.actors))
+        shards = ray.get([actor.logprobs.remote(sequences[lo:hi])
+                          for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo])
+        return [row for shard in shards for row in shard]
+
+    def score_pairs(self, pairs: list[Pair], weights_hash: str, weights_file: str | None = None) -> PairLogps:
+        """The pairs scored by the engines, under the weights they serve or, first loaded, those in `weights_file`
+        (which they then serve until the next push)."""
+        if weights_file is not None:
+            self.load_weights_file(weights_file)
+        scores = self.score(pair_sequences(pairs))
+        return PairLogps.from_tokens(scores[: len(pairs)], scores[len(pairs) :], weights_hash)
 
     def kill(self) -> None:
         for actor in self.actors:
@@ -167,9 +186,9 @@ class LearnerGroup:
     # -- blocking calls ----------------------------------------------------------------------------------------
 
     def train(self, pairs: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, seed: int,
-              max_refused_steps: int) -> TrainResult:
+              max_refused_steps: int, rescore: bool = True) -> TrainResult:
         """Every rank trains on its share of each global batch; the result is the group's."""
-        return self.results([[actor.train.remote(pairs, reference, settings, seed, max_refused_steps)
+        return self.results([[actor.train.remote(pairs, reference, settings, seed, max_refused_steps, rescore)
                               for actor in self.actors]])[0]
 
     def load_weights(self, weights_file: str) -> str:
@@ -185,8 +204,9 @@ class LearnerGroup:
         return self.results([[actor.update_ema.remote(source, target, rate) for actor in self._readers]])[0]
 
     def export_weights(self) -> ray.ObjectRef:
-        """Rank 0's state dict, left in the object store for the generators."""
-        refs = [actor.export_weights.remote() for actor in self._readers]
+        """Rank 0's state dict for the engines (a tied output head left out), left in the object store for the
+        generators."""
+        refs = [actor.export_weights.remote(for_engine=True) for actor in self._readers]
         if len(refs) > 1:
             ray.wait(refs[1:], num_returns=len(refs) - 1, fetch_local=False)
         return refs[0]

@@ -14,10 +14,9 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import ray
-from tqdm import tqdm
 
 from iterdpo.atomic import atomic_write_text
 from iterdpo.checkpoints import RunFiles
@@ -28,10 +27,12 @@ from iterdpo.gate import baseline_row, decide, detectable
 from iterdpo.groups import GeneratorGroup, JudgeGroup, LearnerGroup
 from iterdpo.loss_params import SAFETY_ORDERED_LOSSES
 from iterdpo.metrics import MetricsLog, PhaseTimer, RoundManifest, save_records
-from iterdpo.pairs import PairSet, build_pairs
+from iterdpo.pairs import PairSet, build_pairs, sampled_logps
 from iterdpo.preflight import preflight
 from iterdpo.records import PairLogps, Sample, Sampling, TrainResult
-from iterdpo.rows import Judged, Reference, RoundOutputs, alarm_messages, alarm_metrics, round_row
+from iterdpo.phases import Phases
+from iterdpo.rows import (Judged, Reference, RoundOutputs, alarm_messages, alarm_metrics, round_row,
+                          round_summary)
 from iterdpo.runtime import actor_env, init_ray
 from iterdpo.schedule import Schedule
 from iterdpo.seeds import eval_seed, round_seed
@@ -43,8 +44,7 @@ __all__ = ["Orchestrator", "ParityError", "RunError", "PHASES"]
 
 log = logging.getLogger("iterdpo")
 
-T = TypeVar("T")
-PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate", "gate")
+PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "rescore", "evaluate", "gate")
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Orchestrator:
         self.eval_baseline: Evaluation | None = None  # round 0's: what every round is compared with
         self._probe: list[tuple[list[int], list[int]]] = []
         self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
+        self._pushed: ray.ObjectRef | None = None  # the weights the engines serve, as last pushed
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
         self.metrics = MetricsLog(run_dir, open_trackers(cfg.run.trackers, run_dir, cfg.run.project, cfg.to_dict()))
@@ -119,7 +120,7 @@ class Orchestrator:
         pruned."""
         self.metrics.append(row)
         self.files.prune(self.cfg.run.keep_checkpoints, upto=row["round"])
-        _log_round(row)
+        log.info(round_summary(row))
 
     def run_round(self, index: int) -> dict[str, Any]:
         """One round, phase by phase; returns its metrics row."""
@@ -130,14 +131,16 @@ class Orchestrator:
         self._trained = None
         self.supervisor.new_round()
         start_hash, start = self.policy_hash, time.perf_counter()
-        with _Phases(self.supervisor, manifest, index) as phase:
+        with Phases(self.supervisor, manifest, index, len(PHASES)) as phase:
             samples = phase("generate", lambda: self.generate(index, settings, seed))
             judged = phase("judge", lambda: self.judge(samples))
             pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, settings, seed))
             pairs_ref = ray.put(pair_set.pairs)
-            reference = phase("reference", lambda: self.reference_logprobs(pairs_ref, settings, index))
+            reference = phase("reference", lambda: self.reference_logprobs(pairs_ref, pair_set, samples, settings,
+                                                                           index))
             trained = phase("train", lambda: self.train(pairs_ref, reference.scores, settings, index, seed))
             parity = phase("sync_weights", lambda: self.sync_weights(samples))
+            trained = phase("rescore", lambda: self.rescore(trained, pair_set))
             evaluation = phase("evaluate", lambda: self.evaluate(index))
             self._save_round(round_dir, samples, judged, pair_set)
             outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation)
@@ -158,7 +161,10 @@ class Orchestrator:
         with timer.phase("evaluate"):
             evaluation = self.supervisor.run("evaluate", lambda: self.evaluate(round_index=0))
         self.eval_baseline = evaluation
-        self.metrics.append({"round": 0, **evaluation.metrics, **detectable(self.cfg), **timer.times})
+        # the engines' pi0 held to the learner's before round 1 takes its reference from them
+        parity = self.supervisor.run("sync_weights", lambda: self.check_parity(self._probe))
+        self.metrics.append({"round": 0, **evaluation.metrics, **detectable(self.cfg), **timer.times,
+                             "sync/parity_max_abs_diff": parity})
         log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
                  evaluation.metrics["eval/reward_mean"], evaluation.metrics["safety/refusal_rate"],
                  evaluation.metrics["safety/toxicity_rate"])
@@ -200,7 +206,7 @@ class Orchestrator:
                     raise RunError("after the learner's restart the round's training gave other weights than before "
                                    f"(hash {again.after and again.after.weights_hash} vs {self._trained.weights_hash})")
         elif role == "generator":
-            self.generators.load_weights(self.learners.export_weights())
+            self.push_weights(self.learners.export_weights())
             return self.check_parity(self._probe) if self._probe else None
         return None
 
@@ -225,29 +231,42 @@ class Orchestrator:
         return build_pairs(samples, judged.result.combined, self.cfg.pairs, seed, judged.safety,
                            safe_first=settings.loss in SAFETY_ORDERED_LOSSES)
 
-    def reference_logprobs(self, pairs_ref: ray.ObjectRef, settings: RoundConfig, index: int) -> Reference:
+    def reference_logprobs(self, pairs_ref: ray.ObjectRef, pair_set: PairSet, samples: list[Sample],
+                           settings: RoundConfig, index: int) -> Reference:
         """The pairs scored by the round's reference (refresh: the current weights; fixed: pi0; ema: the average
-        of past policies), and by pi0 for cumulative drift when that is another model."""
+        of past policies), by the round-start policy that sampled them, and by pi0 for cumulative drift when that is
+        another model. With sync.score_on_engine the round-start policy's scores are the engines' from sampling
+        and pi0's are the engines' too: the learner scores only under a fixed or EMA reference."""
         weights_file, source = {
             "refresh": (None, f"policy@round_{index:03d}_start"),
             "fixed": (self.pi0, "pi0"),
             "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
         same_as_pi0 = weights_file == self.pi0 or (weights_file is None and self.policy_hash == self.pi0_hash)
-        pending = {"reference": self.learners.reference_logprobs(pairs_ref, weights_file)}
-        if weights_file is not None:
+        on_engine, pi0_pass = self.cfg.sync.score_on_engine, self.cfg.run.track_pi0 and not same_as_pi0
+        pending = {}
+        if weights_file is not None or not on_engine:
+            pending["reference"] = self.learners.reference_logprobs(pairs_ref, weights_file)
+        if weights_file is not None and not on_engine:
             pending["start"] = self.learners.reference_logprobs(pairs_ref, None)
-        if self.cfg.run.track_pi0 and not same_as_pi0:
+        if pi0_pass and not on_engine:
             pending["pi0"] = self.learners.reference_logprobs(pairs_ref, self.pi0)
         scored = dict(zip(pending, self.learners.results(list(pending.values()))))
-        pi0 = scored.get("pi0", scored["reference"] if same_as_pi0 else None)
-        return Reference(scores=scored["reference"], start=scored.get("start", scored["reference"]),
+        if on_engine:
+            scored["start"] = sampled_logps(pair_set.pairs, samples, self.policy_hash)
+            scored.setdefault("reference", scored["start"])
+            if pi0_pass:  # the engines serve pi0 until the round's sync pushes the trained weights
+                scored["pi0"] = self.generators.score_pairs(pair_set.pairs, self.pi0_hash, self.pi0)
+        reference = scored["reference"]
+        pi0 = scored.get("pi0", reference if same_as_pi0 else None)
+        return Reference(scores=reference, start=scored.get("start", reference),
                          pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
 
     def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int,
               seed: int) -> TrainResult:
         def run() -> TrainResult:
-            return self.learners.train(pairs_ref, reference, settings, seed, self.cfg.faults.max_refused_steps)
+            return self.learners.train(pairs_ref, reference, settings, seed, self.cfg.faults.max_refused_steps,
+                                       rescore=not self.cfg.sync.score_on_engine)
 
         trained = run()
         if trained.diverged:
@@ -261,17 +280,34 @@ class Orchestrator:
     def sync_weights(self, samples: list[Sample]) -> float:
         """Pushes the learner's weights into the engines, then proves each engine serves them."""
         self.push_weights(self.learners.export_weights())
-        self._probe = [(s.prompt_ids, s.response_ids) for s in samples if s.response_ids][: self.cfg.sync.probe_sequences]
+        self._probe = self._probe_of(samples)
         return self.check_parity(self._probe)
 
     def push_weights(self, weights: ray.ObjectRef) -> None:
         self.generators.load_weights(weights)
+        self._pushed = weights  # what the engines go back to after serving pi0 for a while
+
+    def rescore(self, trained: TrainResult, pair_set: PairSet) -> TrainResult:
+        """The pairs under the trained weights, for the drift metrics: scored by the engines, which serve those
+        weights now (the learner scored them itself unless sync.score_on_engine)."""
+        if trained.diverged or not self.cfg.sync.score_on_engine:
+            return trained
+        return dataclasses.replace(trained, after=self.generators.score_pairs(pair_set.pairs,
+                                                                              trained.after.weights_hash))
+
+    def _engines_under_pi0(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """`sequences` scored by the engines under pi0; then they serve the weights last pushed again, proven."""
+        self.generators.load_weights_file(self.pi0)
+        scores = self.generators.score(sequences)
+        self.push_weights(self._pushed)
+        self.check_parity(self._probe)
+        return scores
 
     def check_parity(self, probe: list[tuple[list[int], list[int]]]) -> float:
-        """The largest difference between any engine's log-probs of `probe` and the learner's."""
-        engines = self.generators.logprobs(probe)
-        learner = self.learners.logprobs(probe)
-        *served, computed = ray.get(engines) + [self.learners.results([learner])[0]]
+        """The largest difference between any engine's log-probs of `probe` and the learner's. The engines score,
+        then the learner: on a CPU two computing at once slow each other down (0.70 s against 1.29 s here)."""
+        served = ray.get(self.generators.logprobs(probe))
+        computed = self.learners.results([self.learners.logprobs(probe)])[0]
         diff = max((abs(a - b) for engine in served for e, l in zip(engine, computed) for a, b in zip(e, l)),
                    default=0.0)
         if not diff <= self.cfg.sync.parity_tolerance:
@@ -287,13 +323,20 @@ class Orchestrator:
         KL to pi0 (the learner scores them under pi0 while the judges work); then the safety suite."""
         sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=eval_seed(self.cfg.run.seed))
         samples = self.generators.generate(list(self.prompts.eval), sampling)
-        under_pi0 = (self.learners.logprobs([(s.prompt_ids, s.response_ids) for s in samples], self.pi0)
-                     if round_index > 0 else None)
-        judged = self.judge(samples)
-        save_scored(samples, judged.result, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
         safety = safety_metrics(self.generator, self.judges.first, self.safety_prompts, self.cfg.safety,
                                 self.cfg.run.seed)
-        kl = held_out_kl(samples, self.learners.results([under_pi0])[0]) if under_pi0 is not None else {}
+        # Scored under pi0 once the engines are done generating (an engine and the learner computing at once on
+        # a CPU slow each other down): by the learner while the judges work, or by the engines.
+        sequences = [(s.prompt_ids, s.response_ids) for s in samples]
+        on_learner = round_index > 0 and not self.cfg.sync.score_on_engine
+        under_pi0 = self.learners.logprobs(sequences, self.pi0) if on_learner else None
+        judged = self.judge(samples)
+        save_scored(samples, judged.result, self.run_dir / f"round_{round_index:03d}" / "eval_samples")
+        self._probe = self._probe or self._probe_of(samples)  # the parity check's sequences until a round syncs
+        kl = {}
+        if round_index > 0:
+            kl = held_out_kl(samples, self.learners.results([under_pi0])[0] if on_learner else
+                             self._engines_under_pi0(sequences))
         metrics = {**reward_metrics(judged.result, samples, "eval/reward_", "eval", intervals=True), **safety, **kl}
         result = judged.result
         return Evaluation(metrics, result.combined, result.components, result.weights, [s.prompt_index for s in samples])
@@ -329,6 +372,9 @@ class Orchestrator:
         latest = self.files.latest_ema(index - 1)
         return str(latest) if latest else self.pi0
 
+    def _probe_of(self, samples: list[Sample]) -> list[tuple[list[int], list[int]]]:
+        return [(s.prompt_ids, s.response_ids) for s in samples if s.response_ids][: self.cfg.sync.probe_sequences]
+
     def _sampling(self, n: int, seed: int) -> Sampling:
         g = self.cfg.generator
         return Sampling(n=n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens, seed=seed)
@@ -356,38 +402,3 @@ class Orchestrator:
         self.judges.kill()
         self.learners.kill()
         self.metrics.close()
-
-
-class _Phases:
-    """Runs a round's phases under the supervisor: each one timed, recorded in the manifest when done, and shown on
-    a progress bar that goes away with the round (however it ends)."""
-
-    def __init__(self, supervisor: Supervisor, manifest: RoundManifest, index: int) -> None:
-        self.supervisor, self.manifest = supervisor, manifest
-        self.timer = PhaseTimer()
-        self.bar = tqdm(total=len(PHASES), desc=f"round {index}", unit="phase", leave=False)
-
-    def __call__(self, name: str, work: Callable[[], T]) -> T:
-        self.bar.set_postfix_str(name)
-        with self.timer.phase(name):
-            result = self.supervisor.run(name, work)
-        self.manifest.phase_done(name)
-        self.bar.update(1)
-        return result
-
-    def __enter__(self) -> _Phases:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.bar.close()
-
-
-def _log_round(m: dict[str, Any]) -> None:
-    log.info(
-        "round %d%s: reward/mean=%.4f eval/reward_mean=%.4f win_rate_vs_pi0=%.3f pairs=%d (ties %d) loss=%.4f "
-        "chosen_drift=%.3f rejected_drift=%.3f refusal=%.3f toxicity=%.3f parity=%.2g time=%.1fs",
-        m["round"], "" if m["gate/accepted"] else " (REJECTED)", m["reward/mean"], m["eval/reward_mean"],
-        m["eval/win_rate_vs_pi0"], m["pairs/count"], m["pairs/ties_dropped"], m["loss/mean"],
-        m["logps/chosen_drift"], m["logps/rejected_drift"], m["safety/refusal_rate"], m["safety/toxicity_rate"],
-        m["sync/parity_max_abs_diff"], m["time/round"],
-    )

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from iterdpo.config import PairsConfig
-from iterdpo.records import Pair, Sample
+from iterdpo.records import Pair, PairLogps, Sample
 
 Scored = tuple[int, float]  # (index into the round's samples, score)
 
@@ -103,3 +103,16 @@ def _pair(samples: list[Sample], chosen: Scored, rejected: Scored, safety: list[
         chosen_safety=safety[chosen_index] if safety is not None else 1.0,
         rejected_safety=safety[rejected_index] if safety is not None else 1.0,
     )
+
+
+def sampled_logps(pairs: list[Pair], samples: list[Sample], weights_hash: str) -> PairLogps:
+    """The pairs' log-probs under the policy that sampled them, as the engine computed them while sampling: the
+    round-start policy's, i.e. the `refresh` reference, wherever the engines serve the learner's weights (what the
+    parity check proves, to within sync.parity_tolerance per token)."""
+    return PairLogps.from_tokens([samples[p.chosen_index].logprobs for p in pairs],
+                                 [samples[p.rejected_index].logprobs for p in pairs], weights_hash)
+
+
+def pair_sequences(pairs: list[Pair]) -> list[tuple[list[int], list[int]]]:
+    """(prompt, response) of every chosen response, then of every rejected one: the order `PairLogps` keeps."""
+    return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]

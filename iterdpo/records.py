@@ -3,6 +3,7 @@ results. Actors and driver both import them from here; nothing here imports eith
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,12 @@ class PairLogps:
     rejected: list[float]
     weights_hash: str  # the weights that produced these numbers
     tokens: list[list[float]] = field(default_factory=list)  # per token: chosen responses, then rejected ones
+
+    @classmethod
+    def from_tokens(cls, chosen: list[list[float]], rejected: list[list[float]], weights_hash: str) -> PairLogps:
+        """From per-token log-probs of each pair's responses, summed in float64 (the KL estimates use the tokens)."""
+        return cls(chosen=[math.fsum(row) for row in chosen], rejected=[math.fsum(row) for row in rejected],
+                   weights_hash=weights_hash, tokens=list(chosen) + list(rejected))
 
 
 @dataclass

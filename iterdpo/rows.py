@@ -115,3 +115,14 @@ def alarm_messages(row: dict[str, Any], alarm_rounds: int) -> list[str]:
                         f"{row['auxdpo/logit_shift_max']:.2g} (the reference's log-prob gradients leave them no null "
                         "space; README: DPO or AuxDPO?)")
     return messages
+
+
+def round_summary(m: dict[str, Any]) -> str:
+    """The one log line of a finished round."""
+    return ("round {}{}: reward/mean={:.4f} eval/reward_mean={:.4f} win_rate_vs_pi0={:.3f} pairs={} (ties {}) "
+            "loss={:.4f} chosen_drift={:.3f} rejected_drift={:.3f} refusal={:.3f} toxicity={:.3f} parity={:.2g} "
+            "time={:.1f}s").format(
+        m["round"], "" if m["gate/accepted"] else " (REJECTED)", m["reward/mean"], m["eval/reward_mean"],
+        m["eval/win_rate_vs_pi0"], m["pairs/count"], m["pairs/ties_dropped"], m["loss/mean"],
+        m["logps/chosen_drift"], m["logps/rejected_drift"], m["safety/refusal_rate"], m["safety/toxicity_rate"],
+        m["sync/parity_max_abs_diff"], m["time/round"])

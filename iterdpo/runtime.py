@@ -21,6 +21,9 @@ def actor_env() -> dict[str, str]:
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
         "TOKENIZERS_PARALLELISM": "false",
+        # A state dict crosses the object store as its tensors' bytes, read in place on the other side (a weight
+        # push: one copy into the store, one into the engine).
+        "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
         "ITERDPO_CACHE": str(cache),
         # DeepSpeed JIT-compiles ops on first use; keep them across runs.
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions")),

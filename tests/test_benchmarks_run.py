@@ -24,21 +24,28 @@ RUNS = {
     "learner_step": ["--quick"],
     "round_overhead": ["--quick"],
     "vs_trl": ["--quick"],  # TRL comes with the `test` extra
+    "round_floor": ["--quick"],
 }
 RATIO_LINES = {
     "generation": ["generation: actor/bare tokens/s", "generation: actor/hf tokens/s", "generation: bare/hf tokens/s"],
     "weight_sync": ["weight_sync: push(in-process)/clone time", "weight_sync: push(actor, ray.put)/clone time",
-                    "weight_sync: sync(orchestrator: export + push)/clone time"],
+                    "weight_sync: sync(orchestrator: export, push, parity check)/clone time"],
     "learner_step": ["learner_step: learner/bare step time", "learner_step: learner train()/bare step time",
                      "learner_step: learner/bare peak RSS"],
     "round_overhead": ["round_overhead: round wall/sum of phases", "round_overhead: round time at 2P/P"],
     "vs_trl": ["vs_trl: iterdpo round/trl step time", "vs_trl: iterdpo round without evaluate/trl step time"],
+    "round_floor": ["round_floor: round without evaluate/floor time",
+                    "round_floor: whole round/(floor + evaluation floor) time"],
 }
 TARGETS = {
     "generation: actor/bare tokens/s": ">= 0.95",
     "weight_sync: push(in-process)/clone time": "<= 2",
     "learner_step: learner/bare step time": "<= 1.15",
     "round_overhead: round wall/sum of phases": "<= 1.05",
+    "weight_sync: sync(orchestrator: export, push, parity check)/clone time": "<= 5",
+    "round_floor: round without evaluate/floor time": "<= 1.3",
+    "vs_trl: iterdpo round/trl step time": "<= 0.5",
+    "vs_trl: iterdpo round without evaluate/trl step time": "<= 0.333",
 }
 
 

@@ -6,7 +6,7 @@ from iterdpo.config import Config, ConfigError, config_from_dict, load_config, r
 def test_defaults_are_one_typed_tree():
     cfg = config_from_dict({})
     assert cfg == Config()
-    assert cfg.round.beta == 0.1 and cfg.learner.zero_stage == 2
+    assert cfg.round.beta == 0.1 and cfg.learner.zero_stage == 0
 
 
 def test_dotted_overrides_are_typed():
@@ -202,3 +202,12 @@ def test_every_shipped_config_loads():
     for path in files:
         load_config(path)
     assert load_config(root / "compare" / "auxdpo_lora4.yaml").learner.lora.rank == 4
+
+
+def test_half_precision_needs_a_half_precision_parity_tolerance():
+    """bf16 log-probs of the same weights differ by up to ~0.5 between two correct computations: the fp32 tolerance
+    would stop every run at its first parity check, so the config is refused before anything starts."""
+    for overrides in (["learner.bf16=true"], ["generator.dtype=bfloat16"], ["generator.dtype=float16"]):
+        with pytest.raises(ConfigError, match=r"sync.parity_tolerance: with .* expected at least 1 .*got 0.002"):
+            config_from_dict({}, overrides)
+        assert config_from_dict({}, overrides + ["sync.parity_tolerance=1.0"]).sync.parity_tolerance == 1.0

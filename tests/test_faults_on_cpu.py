@@ -52,12 +52,14 @@ def uninterrupted(ray_session, tmp_path_factory):
 def test_actors_killed_mid_phase_are_restarted_and_the_run_matches(uninterrupted, tmp_path):
     orchestrator = Orchestrator(load_config("configs/smoke.yaml", OVERRIDES), tmp_path / "run")
     try:
-        _kill_during(orchestrator, "generate", "generator", round_index=1, after_s=0.3)
+        # The tiny model's phases take well under 0.1 s: a kill timed into one lands in the next, so each actor
+        # dies as its phase starts, before the phase's remote call runs, and the phase is redone.
+        _kill_during(orchestrator, "generate", "generator", round_index=1, after_s=0)
         _kill_during(orchestrator, "judge", "judge_actor", round_index=1, after_s=0)
-        _kill_during(orchestrator, "train", "learner", round_index=1, after_s=0.5)
+        _kill_during(orchestrator, "train", "learner", round_index=1, after_s=0)
         _kill_during(orchestrator, "sync_weights", "generator", round_index=2, after_s=0)
-        # the learner dies as the evaluation starts (it scores the held-out samples under pi0 there), after
-        # training: the round's training is redone and must give the same weights
+        # the learner dies as the evaluation starts, after training (its part there: the parity check once the
+        # engines are back from scoring under pi0): the round's training is redone and must give the same weights
         _kill_during(orchestrator, "evaluate", "learner", round_index=2, after_s=0)
         rows = orchestrator.run()
     finally:
@@ -66,8 +68,7 @@ def test_actors_killed_mid_phase_are_restarted_and_the_run_matches(uninterrupted
     assert [_comparable(row) for row in rows] == [_comparable(row) for row in uninterrupted]
     assert rows[-1]["policy/end_hash"] == uninterrupted[-1]["policy/end_hash"]  # the final weights, bit for bit
     restarted = [sorted(row["faults/restarted"]) for row in rows[1:]]
-    assert {role.split("@")[0] for role in restarted[0]} == {"generator", "judge", "learner"}
-    assert "judge@judge" in restarted[0]
+    assert restarted[0] == ["generator@generate", "judge@judge", "learner@train"]
     assert restarted[1] == ["generator@sync_weights", "learner@evaluate"]
     assert [row["faults/actor_restarts"] for row in rows[1:]] == [3, 2]
     assert all(row["sync/parity_max_abs_diff"] <= 2e-3 for row in rows[1:])

@@ -79,3 +79,44 @@ def test_report_of_the_real_run(smoke_run, tmp_path):
     assert _all_rounds_series(plots, rows) >= 2 and _all_rounds_series(plots, rows[1:]) > 10
     page = (tmp_path / "report.html").read_text()
     assert all(f"<tr><td>{row['round']}</td>" in page for row in rows)
+
+
+def _token_gaps(engine, learner, pairs) -> list[float]:
+    assert learner.weights_hash == engine.weights_hash
+    gaps = [abs(a - b) for e, l in zip(engine.tokens, learner.tokens) for a, b in zip(e, l)]
+    assert len(gaps) == sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    for scores in (engine, learner):
+        assert scores.chosen == pytest.approx([sum(row) for row in scores.tokens[: len(pairs)]], rel=1e-12, abs=1e-12)
+    return gaps
+
+
+def test_engine_log_probs_are_the_learners(smoke_run):
+    """What the round takes from the engines instead of the learner's passes (sync.score_on_engine): the log-probs
+    recorded while sampling (the refresh reference), the pairs scored under the served weights (drift after
+    training) and under pi0 loaded for the purpose (drift since pi0) are, token by token, what the learner computes
+    for the same tokens under the same weights, within the parity tolerance."""
+    import ray
+
+    from iterdpo.pairs import sampled_logps
+
+    orchestrator, rows, _ = smoke_run
+    tolerance = orchestrator.cfg.sync.parity_tolerance
+    settings = orchestrator.schedule.settings(orchestrator.cfg, 3, rows)
+    samples = orchestrator.generate(3, settings, seed=123)
+    pair_set = orchestrator.build_pairs(samples, orchestrator.judge(samples), settings, seed=123)
+    pairs, pairs_ref = pair_set.pairs, ray.put(pair_set.pairs)
+    assert pairs
+    learner_now, learner_pi0 = orchestrator.learners.results([orchestrator.learners.reference_logprobs(pairs_ref, None),
+                                                              orchestrator.learners.reference_logprobs(pairs_ref,
+                                                                                                       orchestrator.pi0)])
+    sampled = _token_gaps(sampled_logps(pairs, samples, orchestrator.policy_hash), learner_now, pairs)
+    served = _token_gaps(orchestrator.generators.score_pairs(pairs, orchestrator.policy_hash), learner_now, pairs)
+    pi0 = _token_gaps(orchestrator.generators.score_pairs(pairs, orchestrator.pi0_hash, orchestrator.pi0), learner_pi0,
+                      pairs)
+    orchestrator.push_weights(orchestrator._pushed)
+    assert orchestrator.check_parity(orchestrator._probe) <= tolerance  # the engines serve the policy again
+    assert 0 < max(sampled) <= tolerance and 0 < max(served) <= tolerance and 0 < max(pi0) <= tolerance
+    # pi0 and the trained policy are told apart: their scores differ by far more than the tolerance
+    assert max(abs(a - b) for a, b in zip(learner_now.chosen, learner_pi0.chosen)) > 100 * tolerance
+    assert rows[0]["sync/parity_max_abs_diff"] <= tolerance
+
