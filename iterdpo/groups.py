@@ -79,19 +79,20 @@ class GeneratorGroup:
         """One pending result per generator: the parity check holds each engine to the learner."""
         return [actor.logprobs.remote(sequences) for actor in self.actors]
 
-    def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
-        """Per-token log-probs of every sequence, each contiguous shard scored by its own engine, joined in order."""
+    def score(self, sequences: list[tuple[list[int], list[int]]], weights_file: str | None = None
+              ) -> list[list[float]]:
+        """Per-token log-probs of every sequence, each contiguous shard scored by its own engine, joined in order;
+        under the weights the engines serve or, first loaded, those in `weights_file` (served until the next push)."""
+        if weights_file is not None:
+            self.load_weights_file(weights_file)
         bounds = shard_bounds(len(sequences), len(self.actors))
         shards = ray.get([actor.logprobs.remote(sequences[lo:hi])
                           for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo])
         return [row for shard in shards for row in shard]
 
     def score_pairs(self, pairs: list[Pair], weights_hash: str, weights_file: str | None = None) -> PairLogps:
-        """The pairs scored by the engines, under the weights they serve or, first loaded, those in `weights_file`
-        (which they then serve until the next push)."""
-        if weights_file is not None:
-            self.load_weights_file(weights_file)
-        scores = self.score(pair_sequences(pairs))
+        """The pairs scored by the engines (`score`), as `PairLogps` of the weights with `weights_hash`."""
+        scores = self.score(pair_sequences(pairs), weights_file)
         return PairLogps.from_tokens(scores[: len(pairs)], scores[len(pairs) :], weights_hash)
 
     def kill(self) -> None:

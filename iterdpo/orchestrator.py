@@ -235,8 +235,7 @@ class Orchestrator:
                            settings: RoundConfig, index: int) -> Reference:
         """The pairs scored by the round's reference (refresh: the current weights; fixed: pi0; ema: the average
         of past policies), by the round-start policy that sampled them, and by pi0 for cumulative drift when that is
-        another model. With sync.score_on_engine the round-start policy's scores are the engines' from sampling
-        and pi0's are the engines' too: the learner scores only under a fixed or EMA reference."""
+        another model. With sync.score_on_engine the engines give all but a fixed or EMA reference's scores."""
         weights_file, source = {
             "refresh": (None, f"policy@round_{index:03d}_start"),
             "fixed": (self.pi0, "pi0"),
@@ -297,8 +296,7 @@ class Orchestrator:
 
     def _engines_under_pi0(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         """`sequences` scored by the engines under pi0; then they serve the weights last pushed again, proven."""
-        self.generators.load_weights_file(self.pi0)
-        scores = self.generators.score(sequences)
+        scores = self.generators.score(sequences, self.pi0)
         self.push_weights(self._pushed)
         self.check_parity(self._probe)
         return scores
@@ -325,8 +323,8 @@ class Orchestrator:
         samples = self.generators.generate(list(self.prompts.eval), sampling)
         safety = safety_metrics(self.generator, self.judges.first, self.safety_prompts, self.cfg.safety,
                                 self.cfg.run.seed)
-        # Scored under pi0 once the engines are done generating (an engine and the learner computing at once on
-        # a CPU slow each other down): by the learner while the judges work, or by the engines.
+        # Scored under pi0 once the engines are done generating (an engine and the learner computing at once slow
+        # each other down on a CPU): by the learner while the judges work, or by the engines.
         sequences = [(s.prompt_ids, s.response_ids) for s in samples]
         on_learner = round_index > 0 and not self.cfg.sync.score_on_engine
         under_pi0 = self.learners.logprobs(sequences, self.pi0) if on_learner else None
