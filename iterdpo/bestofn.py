@@ -7,15 +7,16 @@ and the same sequences are scored again.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
-from actors.generator import Generator
 from iterdpo.checkpoints import RunFiles
 from iterdpo.config import ModelConfig
 from iterdpo.errors import ConfigError
+from iterdpo.groups import GeneratorGroup
 from iterdpo.records import Prompt, Sampling
 from iterdpo.rundir import saved_config
 from iterdpo.runtime import actor_env, init_ray
@@ -41,9 +42,10 @@ def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None
                           (f" for round {round_index}" if round_index is not None else ""))
     beta = cfg.round.beta if beta is None else beta
     init_ray(cfg.run.num_cpus)
-    generator = ray.remote(Generator).options(num_cpus=cfg.generator.num_cpus, num_gpus=cfg.generator.num_gpus,
-                                              runtime_env={"env_vars": actor_env()}).remote(
-        ModelConfig(path=str(policy)), cfg.generator, seed)
+    # one engine, started as the run's generators are (resources, environment, threads)
+    engines = GeneratorGroup.create(ModelConfig(path=str(policy)), dataclasses.replace(cfg.generator, replicas=1),
+                                    seed, {"runtime_env": {"env_vars": actor_env()}})
+    generator = engines.first
     try:
         sampling = Sampling(n=n, temperature=cfg.generator.temperature, top_p=cfg.generator.top_p,
                             max_new_tokens=cfg.generator.max_new_tokens, seed=seed)
@@ -53,7 +55,7 @@ def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None
         ray.get(generator.load_weights_file.remote(cfg.model.path))  # pi0, the run's pinned location
         reference_logps = ray.get(generator.logprobs.remote(sequences))
     finally:
-        ray.kill(generator)
+        engines.kill()
     ranked: list[list[Ranked]] = [[] for _ in prompts]
     for sample, on_policy, on_reference in zip(samples, policy_logps, reference_logps):
         logp, ref = sum(on_policy), sum(on_reference)
