@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 
 from iterdpo.checkpoints import RunFiles
 from iterdpo.config import ModelConfig
@@ -45,15 +44,13 @@ def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None
     # one engine, started as the run's generators are (resources, environment, threads)
     engines = GeneratorGroup.create(ModelConfig(path=str(policy)), dataclasses.replace(cfg.generator, replicas=1),
                                     seed, {"runtime_env": {"env_vars": actor_env()}})
-    generator = engines.first
     try:
         sampling = Sampling(n=n, temperature=cfg.generator.temperature, top_p=cfg.generator.top_p,
                             max_new_tokens=cfg.generator.max_new_tokens, seed=seed)
-        samples = ray.get(generator.generate.remote([Prompt(text) for text in prompts], sampling))
+        samples = engines.generate([Prompt(text) for text in prompts], sampling)
         sequences = [(s.prompt_ids, s.response_ids) for s in samples]
-        policy_logps = ray.get(generator.logprobs.remote(sequences))
-        ray.get(generator.load_weights_file.remote(cfg.model.path))  # pi0, the run's pinned location
-        reference_logps = ray.get(generator.logprobs.remote(sequences))
+        policy_logps = engines.score(sequences)
+        reference_logps = engines.score(sequences, cfg.model.path)  # pi0, the run's pinned location
     finally:
         engines.kill()
     ranked: list[list[Ranked]] = [[] for _ in prompts]

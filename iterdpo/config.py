@@ -351,9 +351,9 @@ HALF_PRECISION_PARITY_TOLERANCE = 1.0
 
 
 def _check_across_sections(cfg: Config) -> None:
+    half_dtype = cfg.generator.dtype in ("bfloat16", "float16")
     half = [name for name, on in (("learner.bf16=true", cfg.learner.bf16),
-                                  (f"generator.dtype={cfg.generator.dtype}", cfg.generator.dtype in ("bfloat16", "float16")))
-            if on]
+                                  (f"generator.dtype={cfg.generator.dtype}", half_dtype)) if on]
     if half and cfg.sync.parity_tolerance < HALF_PRECISION_PARITY_TOLERANCE:
         raise ConfigError(f"sync.parity_tolerance: with {' and '.join(half)} expected at least "
                           f"{HALF_PRECISION_PARITY_TOLERANCE:g} (two correct half-precision computations of a log-prob "

@@ -318,7 +318,7 @@ class Orchestrator:
 
     def evaluate(self, round_index: int) -> Evaluation:
         """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; their
-        KL to pi0 (the learner scores them under pi0 while the judges work); then the safety suite."""
+        KL to pi0 (scored under pi0 by the engines, or by the learner: sync.score_on_engine); the safety suite."""
         sampling = self._sampling(self.cfg.generator.eval_samples_per_prompt, seed=eval_seed(self.cfg.run.seed))
         samples = self.generators.generate(list(self.prompts.eval), sampling)
         safety = safety_metrics(self.generator, self.judges.first, self.safety_prompts, self.cfg.safety,
