@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from iterdpo.config import GeneratorConfig, ModelConfig
-from iterdpo.data import engine_input, prompt_length
-from iterdpo.models import local_path, resolve_model
-from iterdpo.records import Prompt, Sample, Sampling
-from iterdpo.weights import read_weights
+from iterdpo.config.schema import GeneratorConfig, ModelConfig
+from iterdpo.data.prompts import engine_input, prompt_length
+from iterdpo.data.models import local_path, resolve_model
+from iterdpo.core.records import Prompt, Sample, Sampling
+from iterdpo.data.weight_files import read_weights
 
 
 def build_engine(model: ModelConfig, cfg: GeneratorConfig, seed: int):

@@ -3,11 +3,11 @@ scorers (reward models, an LLM judge's engine) run on the actor's accelerator wh
 
 from __future__ import annotations
 
-from iterdpo.config import JudgeConfig
-from iterdpo.records import Message
+from iterdpo.config.schema import JudgeConfig
+from iterdpo.core.records import Message
 from iterdpo.scorers.combine import JudgeResult
 from iterdpo.scorers.factory import build_judge, robust_scorer
-from iterdpo.scorers.specs import ScorerSpec
+from iterdpo.config.scorers import ScorerSpec
 
 
 class Judge:

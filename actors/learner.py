@@ -12,7 +12,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,31 +22,25 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file as save_safetensors
 
-from iterdpo import lora
-from iterdpo.atomic import atomic_folder, atomic_write
-from iterdpo.config import LearnerConfig, ModelConfig, RoundConfig
-from iterdpo.loss_params import LossParams
-from iterdpo.losses import LossInputs, TrainingHook, preference_loss, training_hook
-from iterdpo.models import local_path, resolve_model
-from iterdpo.records import Pair, PairLogps, TrainResult
-from iterdpo.seeds import epoch_seed
-from iterdpo.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
-from iterdpo.sharding import shard_bounds
-from iterdpo.weights import hash_state, read_weights
+from iterdpo.core.ports import free_port
+from iterdpo.training import lora
+from iterdpo.core.atomic import atomic_folder, atomic_write
+from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
+from iterdpo.training.losses import LOSSES, LossInputs, LossParams, TrainingHook, preference_loss
+from iterdpo.data.models import local_path, resolve_model
+from iterdpo.core.records import Pair, PairLogps, TrainResult
+from iterdpo.core.seeds import epoch_seed
+from iterdpo.training.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
+from iterdpo.core.sharding import shard_bounds
+from iterdpo.data.weight_files import hash_state, read_weights
 
 
 TIED_HEAD = "lm_head.weight"  # a causal LM's output head: with tied embeddings, the input embedding again
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Rank:
-    """This learner's place in a data-parallel group of learner processes (`iterdpo.groups.LearnerGroup`)."""
+    """This learner's place in a data-parallel group of learner processes (`iterdpo.rounds.groups.LearnerGroup`)."""
 
     rank: int
     world_size: int
@@ -62,7 +55,7 @@ def _process_group_env(rank: Rank | None) -> None:
     if rank is None:
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     else:
         os.environ.update(RANK=str(rank.rank), LOCAL_RANK="0", WORLD_SIZE=str(rank.world_size),
                           MASTER_ADDR=rank.master_addr, MASTER_PORT=str(rank.master_port))
@@ -91,7 +84,8 @@ class Learner:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = policy
         # With LoRA only the adapter trains and has optimizer state; the base weights are frozen.
-        self.adapter = lora.Adapter(model, cfg.lora) if cfg.lora.rank else None
+        self.adapter = (lora.Adapter(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+                        if cfg.lora.rank else None)
         if self.adapter is not None:
             model = self.adapter.model
         deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA: DeepSpeed's accelerator picks
@@ -171,8 +165,7 @@ class Learner:
 
         A step whose loss or gradient is not finite is refused (not applied) and counted; past `max_refused_steps`
         training stops and the result says it diverged: the caller restores the round's start weights."""
-        params = LossParams(beta=settings.beta, **settings.loss_params)
-        hook = self._start_round(settings, params, len(pairs))
+        steps = self.start_round(settings, len(pairs))
         order = list(range(len(pairs)))
         history: list[dict[str, float]] = []
         refused = 0
@@ -181,7 +174,7 @@ class Learner:
             for start in range(0, len(order), self.cfg.micro_batch_size):
                 batch = order[start : start + self.cfg.micro_batch_size]
                 index, share = self._shard(batch)
-                step = self._step(settings.loss, params, [pairs[i] for i in index], index, reference, hook, share)
+                step = steps.step([pairs[i] for i in index], index, reference, share)
                 if step is None:
                     refused += 1
                     if refused > max_refused_steps:
@@ -193,7 +186,7 @@ class Learner:
                                    (history[0] if history else {})}
         metrics["train/steps"] = float(len(history))
         metrics["train/refused_steps"] = float(refused)
-        metrics.update(hook.metrics())
+        metrics.update(steps.hook.metrics())
         metrics["loss/mean"] = metrics.get("train/loss", float("nan"))
         self.engine.eval()
         rescoring = time.perf_counter()
@@ -201,10 +194,11 @@ class Learner:
         metrics["time/train_rescore"] = time.perf_counter() - rescoring  # the drift metrics' pass, outside the steps
         return TrainResult(metrics=metrics, after=after, refused_steps=refused, losses=[step["loss"] for step in history])
 
-    def _start_round(self, settings: RoundConfig, params: LossParams, num_pairs: int) -> TrainingHook:
-        """Each round is a fresh preference problem against a new reference: Adam's moments start from zero at the
-        round's learning rate, which also makes a round depend only on its start weights and seed (what resuming a
-        run relies on). Returns the loss's training-time state for the round."""
+    def start_round(self, settings: RoundConfig, num_pairs: int) -> RoundSteps:
+        """The optimizer steps of a round of `num_pairs` pairs (what `train` runs; a benchmark times one). Each round
+        is a fresh preference problem against a new reference: Adam's moments start from zero at the round's
+        learning rate, which also makes a round depend only on its start weights and seed (what resuming a run
+        relies on); the loss's training-time state starts with it."""
         inner = self.optimizer
         while hasattr(inner, "optimizer"):
             inner = inner.optimizer
@@ -212,7 +206,9 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
         self.engine.train()
-        return training_hook(settings.loss, self.engine.module, num_pairs, params, self.device)
+        params = settings.params()
+        return RoundSteps(self, settings.loss, params,
+                          LOSSES[settings.loss].training_hook(self.engine.module, num_pairs, params, self.device))
 
     def _shard(self, batch: list[int]) -> tuple[list[int], float]:
         """This rank's contiguous share of a global batch of pair indices, and its weight: the share's size over the
@@ -226,54 +222,6 @@ class Learner:
         if lo == hi:
             return batch[:1], 0.0
         return batch[lo:hi], (hi - lo) * self.world_size / len(batch)
-
-    def _step(self, loss_name: str, params: LossParams, batch: list[Pair], index: list[int], reference: PairLogps,
-              hook: TrainingHook, share: float = 1.0) -> dict[str, float] | None:
-        """One optimizer step on this rank's `share` of the global batch; None when it was refused for a non-finite
-        loss or gradient (on any rank)."""
-        tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
-                         [(p.prompt_ids, p.rejected_ids) for p in batch], self.pad_id, self.device)
-        logps = sequence_logprobs(self.engine, tokens)
-
-        def column(values) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=self.device)
-
-        inputs = LossInputs(
-            policy_chosen_logps=logps[: len(batch)],
-            policy_rejected_logps=logps[len(batch) :],
-            ref_chosen_logps=column([reference.chosen[i] for i in index]),
-            ref_rejected_logps=column([reference.rejected[i] for i in index]),
-            chosen_lengths=column([len(p.chosen_ids) for p in batch]),
-            rejected_lengths=column([len(p.rejected_ids) for p in batch]),
-            chosen_scores=column([p.chosen_score for p in batch]),
-            rejected_scores=column([p.rejected_score for p in batch]),
-            chosen_safety=column([p.chosen_safety for p in batch]),
-            rejected_safety=column([p.rejected_safety for p in batch]),
-            **hook.batch_inputs(index),
-        )
-        out = preference_loss(loss_name, inputs, params)
-        penalty, penalty_metrics = hook.penalty(tokens)
-        loss = out.loss if penalty is None else out.loss + penalty
-        out.metrics.update(penalty_metrics)
-        finite = bool(torch.isfinite(loss.detach())) or share == 0.0
-        if self.world_size > 1:
-            finite = self._all_ranks(finite)
-            out.metrics = self._group_mean(out.metrics, share)
-            loss = loss * share
-        if not finite:
-            return None
-        self.engine.backward(loss)
-        if not self._gradients_finite():
-            self.engine.zero_grad()
-            hook.step_refused()
-            return None
-        boundary = self.engine.is_gradient_accumulation_boundary()
-        self.engine.step()
-        if boundary and not self.engine.was_step_applied():
-            hook.step_refused()  # ZeRO found a non-finite gradient norm and skipped the update
-            return None
-        hook.step_applied()
-        return out.metrics
 
     def _all_ranks(self, flag: bool) -> bool:
         """True when `flag` holds on every rank of the group."""
@@ -379,3 +327,60 @@ class Learner:
         if self.adapter is not None or self.cfg.zero_stage == 3:
             return hash_state(self.export_weights())
         return hash_state(self.engine.module.state_dict())
+
+
+class RoundSteps:
+    """A round's optimizer steps on a learner (`Learner.start_round`): the round's loss and its parameters, and the
+    loss's training-time state, called around every step."""
+
+    def __init__(self, learner: Learner, loss: str, params: LossParams, hook: TrainingHook) -> None:
+        self.learner, self.loss, self.params, self.hook = learner, loss, params, hook
+
+    def step(self, batch: list[Pair], index: list[int], reference: PairLogps, share: float = 1.0
+             ) -> dict[str, float] | None:
+        """One optimizer step on this rank's `share` of the global batch (`batch`: the pairs at positions `index` of
+        the round's); its metrics, or None when it was refused for a non-finite loss or gradient (on any rank)."""
+        learner, hook = self.learner, self.hook
+        tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
+                         [(p.prompt_ids, p.rejected_ids) for p in batch], learner.pad_id, learner.device)
+        logps = sequence_logprobs(learner.engine, tokens)
+
+        def column(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=learner.device)
+
+        inputs = LossInputs(
+            policy_chosen_logps=logps[: len(batch)],
+            policy_rejected_logps=logps[len(batch) :],
+            ref_chosen_logps=column([reference.chosen[i] for i in index]),
+            ref_rejected_logps=column([reference.rejected[i] for i in index]),
+            chosen_lengths=column([len(p.chosen_ids) for p in batch]),
+            rejected_lengths=column([len(p.rejected_ids) for p in batch]),
+            chosen_scores=column([p.chosen_score for p in batch]),
+            rejected_scores=column([p.rejected_score for p in batch]),
+            chosen_safety=column([p.chosen_safety for p in batch]),
+            rejected_safety=column([p.rejected_safety for p in batch]),
+            **hook.batch_inputs(index),
+        )
+        out = preference_loss(self.loss, inputs, self.params)
+        penalty, penalty_metrics = hook.penalty(tokens)
+        loss = out.loss if penalty is None else out.loss + penalty
+        out.metrics.update(penalty_metrics)
+        finite = bool(torch.isfinite(loss.detach())) or share == 0.0
+        if learner.world_size > 1:
+            finite = learner._all_ranks(finite)
+            out.metrics = learner._group_mean(out.metrics, share)
+            loss = loss * share
+        if not finite:
+            return None
+        learner.engine.backward(loss)
+        if not learner._gradients_finite():
+            learner.engine.zero_grad()
+            hook.step_refused()
+            return None
+        boundary = learner.engine.is_gradient_accumulation_boundary()
+        learner.engine.step()
+        if boundary and not learner.engine.was_step_applied():
+            hook.step_refused()  # ZeRO found a non-finite gradient norm and skipped the update
+            return None
+        hook.step_applied()
+        return out.metrics

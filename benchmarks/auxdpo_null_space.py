@@ -12,7 +12,7 @@ A Gram matrix of full rank (e_min far from 0) means null(A^T) = {0}: AuxDPO is D
 The batch is the run's first B pairs of that round (B = learner.micro_batch_size), scored at the run's pi0 (the
 round-start policy of round 1), the constrained parameters every trainable one (or a LoRA of the given rank on the
 run's target modules, at its initial weights, as the learner starts it). Each column of A A^T is one penalty pass
-with delta = e_i (`iterdpo.auxdpo.null_space_penalty`: one vjp and one double backward), so A itself, 2B rows of
+with delta = e_i (`iterdpo.training.auxdpo.null_space_penalty`: one vjp and one double backward), so A itself, 2B rows of
 134.5 M numbers for the 135M model, is never held.
 """
 
@@ -29,14 +29,14 @@ import torch
 
 from _bench import header, quiet_logs  # also puts the project root on sys.path
 
-from iterdpo.auxdpo import bind, null_space_penalty, snapshot
-from iterdpo.sequences import collate, sequence_logprobs
+from iterdpo.training.auxdpo import bind, null_space_penalty, snapshot
+from iterdpo.training.sequences import collate, sequence_logprobs
 
 
 def load_policy(config: dict, lora_rank: int) -> tuple[torch.nn.Module, int]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from iterdpo.models import local_path
+    from iterdpo.data.models import local_path
 
     folder = local_path(config["model"]["path"])
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -77,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import datasets
 
-    config = json.loads((args.run_dir / "config.json").read_text())
-    pairs = datasets.load_from_disk(str(args.run_dir / f"round_{args.round:03d}" / "pairs"))
+    from iterdpo.rundir.layout import RunDir
+
+    files = RunDir(args.run_dir)
+    config = json.loads(files.config.read_text())
+    pairs = datasets.load_from_disk(str(files.pairs(args.round)))
     b = min(config["learner"]["micro_batch_size"], len(pairs))
     model, pad_id = load_policy(config, args.lora_rank)
     rows = pairs.select(range(b))

@@ -7,7 +7,7 @@
     python benchmarks/auxdpo_step.py --shape <model folder> --device cuda  # that model's shape, random weights, on a GPU
 
 A step is forward + backward + optimizer step on B pairs (2B sequences). The AuxDPO step adds the soft penalty
-(form b of `iterdpo.auxdpo`) at the round-start weights of the constrained parameters (a snapshot, option ii),
+(form b of `iterdpo.training.auxdpo`) at the round-start weights of the constrained parameters (a snapshot, option ii),
 its deltas and their optimizer. All sides take turns within each repeat (`_bench.interleaved`); a ratio is the
 median over repeats of back-to-back measurements, so a shared machine's drifting load cancels. The AuxDPO step runs
 with each penalty mode (double backward, the default; forward-mode jvp). Peak memory per side: the GPU's peak
@@ -34,10 +34,10 @@ import torch
 from _bench import (available_gib, header, interleaved, paired_ratio, print_table, quiet_logs, ratio_line,
                     read_status_gib, reset_peak_rss)
 
-from iterdpo.auxdpo import AuxDeltas, auxdpo_regulariser, bind, null_space_penalty, per_sample_penalty_loop, snapshot
-from iterdpo.loss_params import LossParams
-from iterdpo.losses import LossInputs, preference_loss
-from iterdpo.sequences import TokenBatch, collate, sequence_logprobs
+from iterdpo.training.auxdpo import AuxDeltas, auxdpo_regulariser, bind, null_space_penalty, per_sample_penalty_loop, snapshot
+from iterdpo.training.losses import LossParams
+from iterdpo.training.losses import LossInputs, preference_loss
+from iterdpo.training.sequences import TokenBatch, collate, sequence_logprobs
 
 
 def tiny_qwen2(seed: int) -> torch.nn.Module:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith(args.subset)]
     reference = snapshot(model, names)
     constrained = sum(t.numel() for t in reference.values())
-    deltas = AuxDeltas.from_params(b, params, device=args.device)
+    deltas = AuxDeltas(b, lr=params.aux_lr, cap=params.aux_cap, device=args.device)
 
     def ref_logp_fn(values: dict[str, torch.Tensor]) -> torch.Tensor:
         return sequence_logprobs(bind(model, values), batch)

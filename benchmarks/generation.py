@@ -4,10 +4,10 @@
     .venv/bin/python benchmarks/generation.py --quick                           # the CI-sized smallest run
     .venv/bin/python benchmarks/generation.py --model builtin:smollm2-135m-instruct
 
-Three sides generate from the same review prefixes (`iterdpo.data`), n samples each, up to --max-tokens tokens, at
+Three sides generate from the same review prefixes (`iterdpo.data.prompts`), n samples each, up to --max-tokens tokens, at
 temperature 1.0 (top-p 1, no top-k):
 
-- actor: `GeneratorGroup.create(...)` with `iterdpo.runtime.actor_env()`, exactly as the orchestrator starts
+- actor: `GeneratorGroup.create(...)` with `iterdpo.rounds.runtime.actor_env()`, exactly as the orchestrator starts
   it, called with `generate.remote(prompts, Sampling(...))`; the time includes Ray's round trip and the
   conversion of vLLM's outputs into `Sample` records.
 - bare: a vLLM `LLM` built with the same arguments in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, so the
@@ -59,19 +59,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs()
-    from iterdpo.runtime import actor_env
+    from iterdpo.rounds.runtime import actor_env
 
     # The bare engine lives in this process: the same in-process engine mode as the actor's.
     os.environ.update(actor_env())
     import ray
     import torch
 
-    from iterdpo.config import DataConfig, GeneratorConfig, ModelConfig
-    from iterdpo.groups import GeneratorGroup
-    from iterdpo.data import load_prompts
-    from iterdpo.models import resolve_model
-    from iterdpo.runtime import init_ray
-    from iterdpo.records import Sampling
+    from iterdpo.config.schema import DataConfig, GeneratorConfig, ModelConfig
+    from iterdpo.rounds.groups import GeneratorGroup
+    from iterdpo.data.prompts import load_prompts
+    from iterdpo.data.models import resolve_model
+    from iterdpo.rounds.runtime import init_ray
+    from iterdpo.core.records import Sampling
 
     # vLLM's CPU worker freezes the thread count when the engine starts; the actor gets generator.torch_threads,
     # and so do the driver's sides unless told otherwise.
@@ -123,7 +123,7 @@ class BareEngine:
 
     def __init__(self, model_dir: str, cfg, seed: int) -> None:
         from actors.generator import build_engine
-        from iterdpo.config import ModelConfig
+        from iterdpo.config.schema import ModelConfig
 
         self.llm = build_engine(ModelConfig(path=model_dir), cfg, seed)
 

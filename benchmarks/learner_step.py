@@ -8,7 +8,7 @@ The batch is fixed: --pairs pairs, each a review prefix (tokenised by the model'
 rejected response of ragged random token ids (up to --response-len), so a step sees 2 x pairs sequences in one
 micro-batch, exactly as `Learner.train` collates them (chosen block, then rejected block).
 
-- learner step: `Learner._step` — the body of `Learner.train`'s loop: collate, policy log-probs, the DPO loss
+- learner step: `RoundSteps.step` (from `Learner.start_round`) — the body of `Learner.train`'s loop: collate, policy log-probs, the DPO loss
   against the reference log-probs, `engine.backward`, `engine.step` (DeepSpeed ZeRO --zero-stage, gradient
   clipping at learner.max_grad_norm), on a `Learner` built in this process with the config's defaults.
 - bare step: the same fp32 policy loaded with transformers, `torch.optim.AdamW` (same learning rate and weight
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def learner_config(args: argparse.Namespace):
     import dataclasses
 
-    from iterdpo.config import LearnerConfig
+    from iterdpo.config.schema import LearnerConfig
 
     cfg = LearnerConfig(micro_batch_size=args.pairs)
     if args.zero_stage is not None:
@@ -79,9 +79,9 @@ def make_pairs(model_dir: str, args: argparse.Namespace) -> tuple[list, int]:
     import torch
     from transformers import AutoTokenizer
 
-    from iterdpo.config import DataConfig
-    from iterdpo.data import load_prompts
-    from iterdpo.records import Pair
+    from iterdpo.config.schema import DataConfig
+    from iterdpo.data.prompts import load_prompts
+    from iterdpo.core.records import Pair
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -106,20 +106,18 @@ class LearnerSide:
 
     def __init__(self, model_dir: str, args: argparse.Namespace, settings) -> None:
         from actors.learner import Learner
-        from iterdpo.config import ModelConfig
-        from iterdpo.loss_params import LossParams
+        from iterdpo.config.schema import ModelConfig
 
         self.learner = Learner(ModelConfig(path=model_dir), learner_config(args), args.seed)
         self.settings = settings
-        self.params = LossParams(beta=settings.beta, **settings.loss_params)
-        self.hook = self.learner._start_round(settings, self.params, num_pairs=args.pairs)
+        self.steps = self.learner.start_round(settings, num_pairs=args.pairs)
 
     def reference(self, pairs):
         return self.learner.reference_logprobs(pairs)
 
     def step(self, pairs, reference) -> None:
         self.learner.engine.train()
-        self.learner._step(self.settings.loss, self.params, pairs, list(range(len(pairs))), reference, self.hook)
+        self.steps.step(pairs, list(range(len(pairs))), reference)
 
     def train(self, pairs, reference, seed: int, rescore: bool) -> None:
         self.learner.train(pairs, reference, self.settings, seed, max_refused_steps=0, rescore=rescore)
@@ -145,7 +143,7 @@ class BareSide:
         import torch
         import torch.nn.functional as F
 
-        from iterdpo.sequences import collate, sequence_logprobs
+        from iterdpo.training.sequences import collate, sequence_logprobs
 
         self.model.train()
         tokens = collate([(p.prompt_ids, p.chosen_ids) for p in pairs] +
@@ -170,10 +168,10 @@ def memory_side(args: argparse.Namespace) -> int:
     import torch
     import transformers  # noqa: F401
 
-    from iterdpo.records import PairLogps
-    from iterdpo.config import RoundConfig
-    from iterdpo.models import resolve_model
-    from iterdpo.sequences import collate, sequence_logprobs
+    from iterdpo.core.records import PairLogps
+    from iterdpo.config.schema import RoundConfig
+    from iterdpo.data.models import resolve_model
+    from iterdpo.training.sequences import collate, sequence_logprobs
 
     model_dir = str(resolve_model(args.model))
     settings = RoundConfig()
@@ -223,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return memory_side(args)
     import torch
 
-    from iterdpo.config import RoundConfig
-    from iterdpo.models import resolve_model
+    from iterdpo.config.schema import RoundConfig
+    from iterdpo.data.models import resolve_model
 
     model_dir = str(resolve_model(args.model))
     settings = RoundConfig()
@@ -234,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     learner = LearnerSide(model_dir, args, settings)  # sets this process's torch threads (learner.torch_threads)
     bare = BareSide(model_dir, args, settings, pad_id)
     params = sum(p.numel() for p in bare.model.parameters())
-    from iterdpo.config import SyncConfig
+    from iterdpo.config.schema import SyncConfig
 
     rescore = args.learner_rescore or not SyncConfig().score_on_engine
     header("learner_step", {"model": args.model, "params": params, "pairs": args.pairs,

@@ -84,7 +84,7 @@ class Floor:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        from iterdpo.data import engine_input
+        from iterdpo.data.prompts import engine_input
 
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_new_tokens)
@@ -99,13 +99,13 @@ class Floor:
         safety suite's (chat prompts and continuations, greedy, as `safety_metrics` asks)."""
         import dataclasses
 
-        from iterdpo.records import Prompt
-        from iterdpo.seeds import eval_seed
+        from iterdpo.core.records import Prompt
+        from iterdpo.core.seeds import eval_seed
 
         cfg, suite = orchestrator.cfg, orchestrator.safety_prompts
         tokens = self.generate(list(orchestrator.prompts.eval),
-                               orchestrator._sampling(cfg.generator.eval_samples_per_prompt, eval_seed(cfg.run.seed)))
-        greedy = dataclasses.replace(orchestrator._sampling(1, cfg.run.seed), temperature=0.0,
+                               orchestrator.cfg.generator.sampling(cfg.generator.eval_samples_per_prompt, eval_seed(cfg.run.seed)))
+        greedy = dataclasses.replace(orchestrator.cfg.generator.sampling(1, cfg.run.seed), temperature=0.0,
                                      max_new_tokens=cfg.safety.max_new_tokens)
         for prompts, chat in ((suite.harmful + suite.benign, True), (suite.toxicity, False)):
             if prompts:
@@ -128,8 +128,8 @@ class Floor:
     def reference(self, side, pairs):
         import torch
 
-        from iterdpo.records import PairLogps
-        from iterdpo.sequences import collate, sequence_logprobs
+        from iterdpo.core.records import PairLogps
+        from iterdpo.training.sequences import collate, sequence_logprobs
 
         chosen, rejected = [], []
         step = self.cfg.learner.micro_batch_size
@@ -146,8 +146,8 @@ class Floor:
 
     def train(self, side, pairs, reference, settings, seed: int) -> int:
         """The learner's steps: the same order (`epoch_seed`), micro-batches and epochs. Returns the step count."""
-        from iterdpo.records import PairLogps
-        from iterdpo.seeds import epoch_seed
+        from iterdpo.core.records import PairLogps
+        from iterdpo.core.seeds import epoch_seed
 
         order, steps = list(range(len(pairs))), 0
         for epoch in range(settings.epochs):
@@ -163,13 +163,13 @@ class Floor:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs()
-    from iterdpo.runtime import actor_env
+    from iterdpo.rounds.runtime import actor_env
 
     os.environ.update(actor_env())  # the bare engine runs in the generator actor's mode (in-process, in-place loads)
-    from iterdpo.models import resolve_model
-    from iterdpo.orchestrator import Orchestrator
-    from iterdpo.seeds import round_seed
-    from iterdpo.weights import read_weights
+    from iterdpo.data.models import resolve_model
+    from iterdpo.rounds.orchestrator import Orchestrator
+    from iterdpo.core.seeds import round_seed
+    from iterdpo.data.weight_files import read_weights
 
     cfg = run_config(args, f"run.rounds={args.rounds}")
     header("round_floor", {"config": Path(args.config).name, "model": cfg.model.path, "rounds": args.rounds,
@@ -179,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round_floor: the floor's steps are DPO's; round.loss is {cfg.round.loss}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="round_floor-"))
     orchestrator = Orchestrator(cfg, work / "run")
-    model_dir = str(resolve_model(orchestrator.pi0))
+    model_dir = str(resolve_model(orchestrator.weights.pi0))
     floor = Floor(orchestrator.cfg, model_dir)
     table, ratios, whole = [], [], []
     try:
-        orchestrator._evaluate_initial_policy()  # what `Orchestrator.run` does first
+        orchestrator.evaluate_initial_policy()  # what `Orchestrator.run` does first
         for index in range(1, args.rounds + 1):
             row = orchestrator.run_round(index)
             # The round-start weights: pi0, or the last round's checkpoint (still there until `record` prunes).
@@ -192,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             settings = orchestrator.schedule.settings(orchestrator.cfg, index, orchestrator.metrics.rows)
             seed = round_seed(cfg.run.seed, index)
             prompts = orchestrator.prompts.for_round(index - 1, cfg.data.prompts_per_round)
-            pairs = _saved_pairs(work / "run" / f"round_{index:03d}" / "pairs")
+            pairs = _saved_pairs(orchestrator.files.pairs(index))
             side = floor.policy(start, settings)
             timed = {}
             clock = time.perf_counter()
-            tokens = floor.generate(prompts, orchestrator._sampling(settings.samples_per_prompt, seed))
+            tokens = floor.generate(prompts, orchestrator.cfg.generator.sampling(settings.samples_per_prompt, seed))
             timed["generate"] = time.perf_counter() - clock
             clock = time.perf_counter()
             reference = floor.reference(side, pairs)
@@ -234,7 +234,7 @@ def _saved_pairs(path: Path):
 
     import datasets
 
-    from iterdpo.records import Pair
+    from iterdpo.core.records import Pair
 
     fields = {f.name for f in dataclasses.fields(Pair)}
     return [Pair(**{k: v for k, v in row.items() if k in fields}) for row in datasets.load_from_disk(str(path))]

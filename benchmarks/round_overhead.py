@@ -69,7 +69,7 @@ def _time_calls(obj: object, method: str, sink: dict[str, float]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs()
-    from iterdpo.orchestrator import PHASES, Orchestrator
+    from iterdpo.rounds.orchestrator import PHASES, Orchestrator
 
     rounds = args.warmup + args.points * args.repeats
     cfg = run_config(args, f"run.rounds={rounds}")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         _time_calls(orchestrator, method, extra)
     rows = []
     try:
-        orchestrator._evaluate_initial_policy()  # what `Orchestrator.run` does first; the gate compares with it
+        orchestrator.evaluate_initial_policy()  # what `Orchestrator.run` does first; the gate compares with it
         for index, prompts in enumerate(order, start=1):
             # The driver reads data.prompts_per_round when it picks a round's prompts: change it between rounds.
             orchestrator.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prompts_per_round=prompts))

@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from iterdpo.config import load_config
-    from iterdpo.models import resolve_model
-    from iterdpo.orchestrator import Orchestrator
+    from iterdpo.config.schema import load_config
+    from iterdpo.data.models import resolve_model
+    from iterdpo.rounds.orchestrator import Orchestrator
     from iterdpo.scorers.factory import build_scorer
-    from iterdpo.scorers.specs import ScorerSpec
+    from iterdpo.config.scorers import ScorerSpec
 
     total = args.warmup + args.rounds
     overrides = list(args.overrides) + [f"run.rounds={total}", "round.samples_per_prompt=2"]
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     vader_reward.__name__ = "vader"
     # Both sides draw from the same training pool (TRL shuffles it; the rounds take it in order).
     train_prompts = [prompt.text for prompt in orchestrator.prompts.train[: prompts_per_round * total]]
-    model_dir = resolve_model(orchestrator.pi0)  # the policy's folder on this node
+    model_dir = resolve_model(orchestrator.weights.pi0)  # the policy's folder on this node
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     trainer.add_callback(Interleave())
     try:
-        orchestrator._evaluate_initial_policy()  # what `Orchestrator.run` does first; the gate compares with it
+        orchestrator.evaluate_initial_policy()  # what `Orchestrator.run` does first; the gate compares with it
         trainer.train()
     finally:
         orchestrator.shutdown()

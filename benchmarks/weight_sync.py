@@ -14,7 +14,7 @@ Sides, each timed with the others in turn (medians over --repeats):
 - push (actor, ray.put): `generator.load_weights.remote(ray.put(state))` on the orchestrator's generator actor:
   the object store hop and the actor's deserialisation on top.
 - ray.put alone: `ray.put(state)`, the object store's share of the previous line.
-- sync (orchestrator): `Orchestrator.sync_weights(samples)`, the round's `sync_weights` phase itself on a real
+- sync (orchestrator): `PolicyWeights.sync(samples)`, the round's `sync_weights` phase itself on a real
   `Orchestrator` (Ray actors, DeepSpeed learner): the learner's export into the object store, every engine's
   load, then the parity check. Target: <= 5x the clone, parity check included.
 - parity check: the orchestrator's `check_parity` alone — engine and learner log-probs of `sync.probe_sequences`
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_logs()
-    from iterdpo.runtime import actor_env
+    from iterdpo.rounds.runtime import actor_env
 
     os.environ.update(actor_env())  # the in-process engine runs in the same mode as the actor's
     import ray
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from actors.generator import Generator
     from actors.learner import TIED_HEAD
-    from iterdpo.config import config_from_dict
-    from iterdpo.models import resolve_model
-    from iterdpo.orchestrator import Orchestrator
+    from iterdpo.config.schema import config_from_dict
+    from iterdpo.data.models import resolve_model
+    from iterdpo.rounds.orchestrator import Orchestrator
+    from iterdpo.rounds.weights import probe_of
 
     model_dir = str(resolve_model(args.model))
     overrides = [f"model.path={model_dir}"]
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)  # before vLLM freezes it
     work = Path(tempfile.mkdtemp(prefix="weight_sync-"))
     orchestrator = Orchestrator(cfg, work / "run")
-    generator = orchestrator.generator
+    generator = orchestrator.groups.generators.first
     local = Generator(cfg.model, cfg.generator, args.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tied = getattr(model.config, "tie_word_embeddings", False)
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     del model
     size_mb = sum(t.numel() * t.element_size() for t in state.values()) / 1e6
 
-    sampling = orchestrator._sampling(n=1, seed=args.seed)
-    samples = orchestrator.generators.generate(orchestrator.prompts.train[: cfg.sync.probe_sequences], sampling)
-    probe = orchestrator._probe_of(samples)
+    sampling = cfg.generator.sampling(n=1, seed=args.seed)
+    samples = orchestrator.groups.generators.generate(orchestrator.prompts.train[: cfg.sync.probe_sequences], sampling)
+    probe = probe_of([(s.prompt_ids, s.response_ids) for s in samples], cfg.sync.probe_sequences)
     header("weight_sync", {"model": args.model, "tensors": len(state), "state_MB": f"{size_mb:.1f}",
                            "tied_head_left_out": tied, "repeats": args.repeats, "warmup": args.warmup,
                            "probe_sequences": len(probe), "threads": threads, "load": os.getloadavg()})
@@ -105,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "push (in-process)": lambda: local.load_weights(state),
         "ray.put alone": lambda: ray.put(state),
         "push (actor, ray.put)": lambda: ray.get(generator.load_weights.remote(ray.put(state))),
-        "sync (orchestrator)": lambda: parity_diffs.append(orchestrator.sync_weights(samples)),
-        "parity check": lambda: parity_diffs.append(orchestrator.check_parity(probe)),
+        "sync (orchestrator)": lambda: parity_diffs.append(orchestrator.weights.sync(samples)),
+        "parity check": lambda: parity_diffs.append(orchestrator.weights.check_parity(probe)),
     }
     try:
         measured = interleaved(sides, args.repeats, args.warmup)

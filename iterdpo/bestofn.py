@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from iterdpo.checkpoints import RunFiles
-from iterdpo.config import ModelConfig
-from iterdpo.errors import ConfigError
-from iterdpo.groups import GeneratorGroup
-from iterdpo.records import Prompt, Sampling
-from iterdpo.rundir import saved_config
-from iterdpo.runtime import actor_env, init_ray
+from iterdpo.config.schema import ModelConfig
+from iterdpo.core.errors import ConfigError
+from iterdpo.rounds.groups import GeneratorGroup
+from iterdpo.core.records import Prompt
+from iterdpo.rundir.layout import RunDir, saved_config
+from iterdpo.rounds.runtime import actor_env, init_ray
 
 
 @dataclass
@@ -34,8 +33,8 @@ def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None
               beta: float | None = None, seed: int = 0) -> list[list[Ranked]]:
     """For each prompt, its N samples from the run's saved policy, best first. The reference is pi0."""
     cfg = saved_config(run_dir, needs_metrics=False)
-    files = RunFiles(run_dir)
-    policy = files.checkpoint(round_index) if round_index is not None else files.latest_checkpoint(upto=10**9)
+    files = RunDir(run_dir)
+    policy = files.checkpoint(round_index) if round_index is not None else files.latest_checkpoint()
     if policy is None or not policy.is_dir():
         raise ConfigError(f"best-of-n: no saved policy in '{run_dir}'" +
                           (f" for round {round_index}" if round_index is not None else ""))
@@ -45,8 +44,7 @@ def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None
     engines = GeneratorGroup.create(ModelConfig(path=str(policy)), dataclasses.replace(cfg.generator, replicas=1),
                                     seed, {"runtime_env": {"env_vars": actor_env()}})
     try:
-        sampling = Sampling(n=n, temperature=cfg.generator.temperature, top_p=cfg.generator.top_p,
-                            max_new_tokens=cfg.generator.max_new_tokens, seed=seed)
+        sampling = cfg.generator.sampling(n, seed)
         samples = engines.generate([Prompt(text) for text in prompts], sampling)
         sequences = [(s.prompt_ids, s.response_ids) for s in samples]
         policy_logps = engines.score(sequences)

@@ -6,13 +6,12 @@ import argparse
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 
-from iterdpo.config import Config, load_config
-from iterdpo.errors import ConfigError, RunError
-from iterdpo.atomic import atomic_folder
-from iterdpo.rundir import check_new, new_run_dir, saved_config
+from iterdpo.config.schema import Config, load_config
+from iterdpo.core.errors import ConfigError
+from iterdpo.core.atomic import atomic_folder
+from iterdpo.rundir.layout import RunDir, new_run_dir, saved_config
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +52,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    from iterdpo.preflight import preflight
+    from iterdpo.rounds.preflight import preflight
 
     plan = preflight(load_config(args.config, args.overrides))
     width = max(len(name) for name, _ in plan.facts)
@@ -68,49 +67,26 @@ def resume_command(args: argparse.Namespace) -> int:
 
 
 def _run(cfg: Config, run_dir: Path, fresh: bool) -> int:
-    """A run under its directory's lock, stopped cleanly by a signal; a failure is one line on the console and the
+    """A run through the one run path (`iterdpo.session.run_rounds`): a failure is one line on the console and the
     whole story in RUN_DIR/logs/. Heavy imports (ray, the actors) come once the config is known to be valid."""
-    from ray.exceptions import RayError
+    from iterdpo.session import Interrupted, RunFailed, run_rounds
 
-    from iterdpo.orchestrator import Orchestrator
-    from iterdpo.session import Interrupted, locked, log_file, one_line, shutdown_ray, stop_on_signals, storage_error
-
-    started = time.time()
-    with locked(run_dir), stop_on_signals():
-        if fresh:
-            check_new(run_dir)
-        try:
-            with log_file(run_dir):
-                try:
-                    orchestrator = Orchestrator(cfg, run_dir)
-                    logging.getLogger("iterdpo").info("run directory: %s", run_dir)
-                    try:
-                        orchestrator.run()
-                    finally:
-                        orchestrator.shutdown()
-                finally:
-                    shutdown_ray()
-        except Interrupted as signal_:
-            print(f"iterdpo: stopped by {signal_} (the finished rounds are kept: `iterdpo resume {run_dir}` goes on "
-                  "from there)", file=sys.stderr)
-            return 128 + signal_.signum
-        except (RunError, RayError) as err:
-            print(f"iterdpo: error: {one_line(err, run_dir, started)}", file=sys.stderr)
-            return 1
-        except OSError as err:
-            if storage_error(err) is None:
-                raise
-            print(f"iterdpo: error: {one_line(err, run_dir, started)}", file=sys.stderr)
-            return 1
-    print(f"run finished: {run_dir / 'metrics.jsonl'}")
+    try:
+        run_rounds(cfg, run_dir, fresh=fresh)
+    except Interrupted as signal_:
+        print(f"iterdpo: stopped by {signal_} (the finished rounds are kept: `iterdpo resume {run_dir}` goes on "
+              "from there)", file=sys.stderr)
+        return 128 + signal_.signum
+    except RunFailed as err:
+        print(f"iterdpo: error: {err}", file=sys.stderr)
+        return 1
+    print(f"run finished: {RunDir(run_dir).metrics}")
     return 0
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from iterdpo.checkpoints import RunFiles
-
-    files = RunFiles(args.run_dir)
-    source = files.checkpoint(args.round) if args.round is not None else files.latest_checkpoint(upto=10**9)
+    files = RunDir(args.run_dir)
+    source = files.checkpoint(args.round) if args.round is not None else files.latest_checkpoint()
     if source is None or not source.is_dir():
         kept = sorted(path.name for path in files.checkpoints.glob("round_*")) or "none"
         wanted = f"round {args.round}" if args.round is not None else f"'{args.run_dir}'"
@@ -137,14 +113,14 @@ def best_of_n_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
-    from iterdpo.compare import write_compare
+    from iterdpo.rundir.compare import write_compare
 
     print(write_compare(args.run_dirs, args.out))
     return 0
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from iterdpo.report import write_report
+    from iterdpo.rundir.report import write_report
 
     print(write_report(args.run_dir, args.out))
     return 0

@@ -1,5 +1,6 @@
 """A run as a process: one run per directory (a lock), a clean stop on SIGINT/SIGTERM, log files inside the run,
-and every failure told in one line.
+and every failure told in one line. `run_rounds` is the one run path: `iterdpo run`, `iterdpo resume` and the Python
+API (`iterdpo.run`) all go through it.
 
 - The lock is an `flock` on RUN_DIR/.lock, which names its holder (pid, host, command, start). The kernel drops it
   when the holder dies, however it dies, so a killed run never leaves it stuck.
@@ -22,18 +23,64 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from iterdpo.errors import ConfigError, RunError
+from iterdpo.core.errors import ConfigError, RunError
+from iterdpo.rundir.layout import RunDir, check_new
+
+if TYPE_CHECKING:
+    from iterdpo.config.schedule import Schedule
+    from iterdpo.config.schema import Config
 
 log = logging.getLogger("iterdpo")
 
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+class RunFailed(RunError):
+    """A run stopped on a failure: the message is the one line the console shows (cause, where the details are,
+    how to go on); the failure itself is the exception's cause."""
+
+
+def run_rounds(cfg: Config, run_dir: Path, schedule: Schedule | None = None, fresh: bool = True
+               ) -> list[dict[str, Any]]:
+    """Runs (`fresh`) or resumes the rounds of `cfg` in `run_dir`, returns the metrics rows. Under the directory's
+    lock; SIGINT/SIGTERM raise `Interrupted` (when called from the main thread); the driver's log also goes to
+    RUN_DIR/logs/iterdpo.log; the actors, and the Ray node this call started, are shut down however it ends. A run-time
+    failure or a failing disk is raised as `RunFailed`, its details written to RUN_DIR/logs/ first."""
+    import ray
+    from ray.exceptions import RayError
+
+    from iterdpo.rounds.orchestrator import Orchestrator
+
+    started = time.time()
+    with locked(run_dir), stop_on_signals():
+        if fresh:
+            check_new(run_dir)
+        started_ray = not ray.is_initialized()
+        try:
+            with log_file(run_dir):
+                orchestrator = Orchestrator(cfg, run_dir, schedule)
+                log.info("run directory: %s", run_dir)
+                try:
+                    return orchestrator.run()
+                finally:
+                    orchestrator.shutdown()
+        except (RunError, RayError) as err:
+            raise RunFailed(one_line(err, run_dir, started)) from err
+        except OSError as err:
+            if storage_error(err) is None:
+                raise
+            raise RunFailed(one_line(err, run_dir, started)) from err
+        finally:
+            if started_ray and ray.is_initialized():
+                ray.shutdown()  # the local node this run started goes with it (a cluster it joined stays)
 
 
 class Interrupted(BaseException):
@@ -48,7 +95,7 @@ class Interrupted(BaseException):
 def locked(run_dir: Path) -> Iterator[None]:
     """Holds RUN_DIR/.lock for the block; a directory another live process holds is a one-line error."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    handle = open(RunDir(run_dir).lock, "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -76,7 +123,8 @@ def _holder(text: str) -> str:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise `Interrupted` once; a second one exits at once (exit code 128 + signal)."""
+    """SIGINT and SIGTERM raise `Interrupted` once; a second one exits at once (exit code 128 + signal). Only the
+    main thread can take signals: elsewhere (a run started from a worker thread) the block runs without this."""
     def first(signum: int, _frame: FrameType | None) -> None:
         for name in (signal.SIGINT, signal.SIGTERM):
             signal.signal(name, second)
@@ -89,6 +137,9 @@ def stop_on_signals() -> Iterator[None]:
               file=sys.stderr, flush=True)
         os._exit(128 + signum)
 
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {name: signal.signal(name, first) for name in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -100,7 +151,7 @@ def stop_on_signals() -> Iterator[None]:
 @contextmanager
 def log_file(run_dir: Path) -> Iterator[Path]:
     """The driver's log lines also go to RUN_DIR/logs/iterdpo.log."""
-    path = run_dir / "logs" / "iterdpo.log"
+    path = RunDir(run_dir).logs / "iterdpo.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -137,7 +188,7 @@ def one_line(err: BaseException, run_dir: Path, started: float) -> str:
 def _write_details(err: BaseException, run_dir: Path, started: float) -> Path | None:
     """RUN_DIR/logs/error.log (the exception with every traceback, remote ones included) and RUN_DIR/logs/ray/ (the
     Ray logs of this run); None when the run directory cannot be written either."""
-    folder = run_dir / "logs"
+    folder = RunDir(run_dir).logs
     try:
         folder.mkdir(parents=True, exist_ok=True)
         text = "".join(traceback.format_exception(err))
@@ -151,7 +202,7 @@ def _write_details(err: BaseException, run_dir: Path, started: float) -> Path | 
 
 def _copy_ray_logs(target: Path, since: float) -> None:
     """The Ray session's log files written since the run started (the actors' stdout and stderr among them)."""
-    from iterdpo.runtime import ray_logs_dir
+    from iterdpo.rounds.runtime import ray_logs_dir
 
     source = ray_logs_dir()
     if source is None:
@@ -162,13 +213,5 @@ def _copy_ray_logs(target: Path, since: float) -> None:
             shutil.copy2(path, target / path.name)
 
 
-def shutdown_ray() -> None:
-    """Stops Ray: the local node this process started goes with it (a cluster it joined stays)."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
-__all__ = ["Interrupted", "RunError", "locked", "log_file", "one_line", "shutdown_ray", "stop_on_signals",
+__all__ = ["Interrupted", "RunError", "RunFailed", "locked", "log_file", "one_line", "run_rounds", "stop_on_signals",
            "storage_error"]

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_CACHE", str(Path(os.environ["HF_HOME"]) / "hub"))
 def ray_session():
     import ray
 
-    from iterdpo.runtime import init_ray
+    from iterdpo.rounds.runtime import init_ray
 
     init_ray(num_cpus=2)
     yield ray

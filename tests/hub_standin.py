@@ -41,7 +41,7 @@ def _publish(cache: Path, kind: str, repo: str, build) -> Path:
 def _policy(out: Path) -> None:
     from transformers import AutoTokenizer
 
-    from iterdpo.models import resolve_model
+    from iterdpo.data.models import resolve_model
 
     source = resolve_model("builtin:tiny-qwen2")
     for item in source.iterdir():
@@ -56,7 +56,7 @@ def _reward_model(out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
 
-    from iterdpo.models import resolve_model
+    from iterdpo.data.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("builtin:tiny-qwen2"))
     torch.manual_seed(1)

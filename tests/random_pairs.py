@@ -2,7 +2,7 @@
 
 import torch
 
-from iterdpo.records import Pair
+from iterdpo.core.records import Pair
 
 
 def random_pairs(count: int, prompt: tuple[int, int], chosen: tuple[int, int], rejected: tuple[int, int],

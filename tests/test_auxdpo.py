@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from iterdpo.auxdpo import (
+from iterdpo.training.auxdpo import (
     PENALTY_MODES,
     AuxDeltas,
     auxdpo_regulariser,
@@ -15,8 +15,8 @@ from iterdpo.auxdpo import (
     reference_jacobian,
     snapshot,
 )
-from iterdpo.loss_params import LossParams
-from iterdpo.sequences import TokenBatch, collate
+from iterdpo.training.losses import LossParams
+from iterdpo.training.sequences import TokenBatch, collate
 
 PAIRS = 6  # 12 responses
 
@@ -44,7 +44,7 @@ def batch() -> TokenBatch:
 
 
 def logp_fn_for(model: torch.nn.Module, batch: TokenBatch):
-    """Summed response log-probs in the model's dtype (iterdpo.sequences upcasts logits to float32)."""
+    """Summed response log-probs in the model's dtype (iterdpo.training.sequences upcasts logits to float32)."""
 
     def logp_fn(params: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = bind(model, params)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1]
@@ -159,14 +159,14 @@ def test_null_space_basis_dimensions():
 
 
 def test_the_learners_hook_penalises_at_the_round_start_weights(model, batch):
-    """The learner's real path (`AuxDpoTraining`, what `Learner._step` calls): after a training step has moved the
-    live weights, the penalty of a micro-batch and its gradient with respect to the deltas are those of A taken at
-    the round-start weights, from torch.func."""
-    from iterdpo.auxdpo import AuxDpoTraining
-    from iterdpo.sequences import sequence_logprobs
+    """The learner's real path (the hook AuxDPO's declaration gives the learner): after a training step has moved
+    the live weights, the penalty of a micro-batch and its gradient with respect to the deltas are those of A taken
+    at the round-start weights, from torch.func."""
+    from iterdpo.training.losses import LOSSES
+    from iterdpo.training.sequences import sequence_logprobs
 
     params = LossParams(beta=0.1, aux_lambda_null=0.7, aux_lambda_amp=0.05, aux_lr=0.1)
-    hook = AuxDpoTraining(model, PAIRS, params, torch.device("cpu"))
+    hook = LOSSES["auxdpo"].training_hook(model, PAIRS, params, torch.device("cpu"))
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     with torch.no_grad():
         hook.deltas.raw.copy_(torch.linspace(-0.8, 0.9, 2 * PAIRS))
@@ -247,7 +247,7 @@ def test_aux_deltas_layout_cap_sparsity_and_stats():
         AuxDeltas(3, cap=1.0, basis=torch.zeros(6, 2))
     with pytest.raises(ValueError, match="expected 2 \\* num_pairs = 6"):
         AuxDeltas(3, basis=torch.zeros(5, 2))
-    assert AuxDeltas.from_params(4, LossParams(aux_lr=0.3, aux_cap=2.0)).cap == 2.0
+    assert AuxDeltas(4, lr=0.3, cap=2.0).cap == 2.0
 
 
 def test_penalty_value_without_gradient_and_bad_mode(model, batch):

@@ -12,8 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from auxdpo_null_space import gram_matrix  # noqa: E402
 
-from iterdpo.auxdpo import bind, snapshot  # noqa: E402
-from iterdpo.sequences import collate, sequence_logprobs  # noqa: E402
+from iterdpo.training.auxdpo import bind, snapshot  # noqa: E402
+from iterdpo.training.sequences import collate, sequence_logprobs  # noqa: E402
 
 
 def test_gram_matrix_matches_jacrev():

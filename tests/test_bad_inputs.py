@@ -36,7 +36,7 @@ def _model_copies(tmp_path):
     """The tiny model with a truncated weight file, a corrupt header, and pickled weights only."""
     import shutil
 
-    from iterdpo.models import resolve_model
+    from iterdpo.data.models import resolve_model
 
     source = resolve_model("builtin:tiny-qwen2")
     for name in ("truncated", "corrupt", "pickled"):

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from iterdpo.config import ConfigError, load_config
-from iterdpo.orchestrator import Orchestrator
+from iterdpo.config.schema import ConfigError, load_config
+from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_a_round_where_every_pair_ties_is_a_counted_skip(ray_session, tmp_path):
 @pytest.mark.parametrize(("function", "words"), [("wrong_length", "returned 9 scores for 8 responses"),
                                                  ("always_raises", "judge backend unavailable")])
 def test_a_judge_that_fails_a_whole_batch_stops_the_round_with_a_clear_error(ray_session, tmp_path, function, words):
-    from iterdpo.errors import ActorFailure
+    from iterdpo.core.errors import ActorFailure
 
     with pytest.raises(ActorFailure) as failure:
         _run(tmp_path, _judge(function))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from iterdpo import bandit
+from iterdpo.training import bandit
 
 SIGMOID = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
 

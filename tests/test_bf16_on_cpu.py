@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import Orchestrator
 
 REQUIRED = ["reward/mean", "logps/chosen_drift", "logps/rejected_drift", "loss/mean", "sync/parity_max_abs_diff",
             "eval/reward_mean", "kl/policy_to_pi0_k3"]
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_bf16_engine_and_learner(ray_session, tmp_path):
     """bf16 in the engine and the learner (fp32 master weights in the optimizer) on a CPU: a round trains and the
     engines serve the learner's bf16 weights within the half-precision tolerance."""
-    from iterdpo.config import HALF_PRECISION_PARITY_TOLERANCE
+    from iterdpo.config.schema import HALF_PRECISION_PARITY_TOLERANCE
 
     cfg = load_config("configs/smoke.yaml", ["run.rounds=1", "learner.bf16=true", "generator.dtype=bfloat16",
                                              f"sync.parity_tolerance={HALF_PRECISION_PARITY_TOLERANCE}"])

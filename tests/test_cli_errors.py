@@ -44,7 +44,7 @@ def test_missing_config_file(tmp_path):
 def test_storage_failures_are_told_apart_from_other_errors():
     import errno
 
-    from iterdpo.errors import ActorFailure
+    from iterdpo.core.errors import ActorFailure
     from iterdpo.session import storage_error
 
     full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")

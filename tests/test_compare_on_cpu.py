@@ -7,8 +7,8 @@ import datasets
 import pytest
 
 from iterdpo.cli import main
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow
 

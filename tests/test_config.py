@@ -1,6 +1,6 @@
 import pytest
 
-from iterdpo.config import Config, ConfigError, config_from_dict, load_config, round_settings
+from iterdpo.config.schema import Config, ConfigError, config_from_dict, load_config, round_settings
 
 
 def test_defaults_are_one_typed_tree():
@@ -103,7 +103,7 @@ def test_yaml_errors(tmp_path):
 
 
 def test_python_schedule_carries_over_and_adapts():
-    from iterdpo.schedule import Round, Schedule
+    from iterdpo.config.schedule import Round, Schedule
 
     base = config_from_dict({})
     schedule = Schedule([Round(beta=0.3), Round(learning_rate=1e-4), {"epochs": 2}])
@@ -123,7 +123,7 @@ def test_python_schedule_carries_over_and_adapts():
 
 
 def test_python_schedule_is_validated():
-    from iterdpo.schedule import Round, Schedule
+    from iterdpo.config.schedule import Round, Schedule
 
     with pytest.raises(ConfigError, match=r"schedule\[0\].beta: expected a value > 0"):
         Schedule([Round(beta=-1.0)]).settings(config_from_dict({}), 1, [])
@@ -143,7 +143,7 @@ def test_replicas_are_positive_and_count_in_the_resources():
 
 
 def test_overrides_apply_to_a_config_object_too():
-    from iterdpo.config import with_overrides
+    from iterdpo.config.schema import with_overrides
 
     cfg = with_overrides(config_from_dict({}), ["round.beta=0.3", "learner.lora.rank=4"])
     assert (cfg.round.beta, cfg.learner.lora.rank) == (0.3, 4)
@@ -152,7 +152,7 @@ def test_overrides_apply_to_a_config_object_too():
 
 
 def test_constraints_hold_however_a_section_is_made():
-    from iterdpo.config import LoraConfig, RoundConfig
+    from iterdpo.config.schema import LoraConfig, RoundConfig
 
     with pytest.raises(ConfigError, match=r"dropout: expected a value in \[0, 1\)"):
         LoraConfig(dropout=1.5)

@@ -4,9 +4,9 @@ faults.max_refused_steps the round is rolled back to its start weights and rejec
 import pytest
 import ray
 
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
-from iterdpo.schedule import Round, Schedule
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import Orchestrator
+from iterdpo.config.schedule import Round, Schedule
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def diverged_run(ray_session, tmp_path_factory):
     orchestrator = Orchestrator(cfg, tmp_path_factory.mktemp("diverge"), schedule)
     try:
         rows = orchestrator.run()
-        yield rows, ray.get(orchestrator.learner.weights_hash.remote())
+        yield rows, ray.get(orchestrator.groups.learners.first.weights_hash.remote())
     finally:
         orchestrator.shutdown()
 

@@ -5,9 +5,9 @@ import torch
 
 from iterdpo.bestofn import best_of_n
 from iterdpo.cli import main
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
-from iterdpo.weights import read_weights
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import Orchestrator
+from iterdpo.data.weight_files import read_weights
 
 pytestmark = pytest.mark.slow
 

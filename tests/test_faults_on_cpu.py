@@ -6,8 +6,9 @@ import threading
 
 import pytest
 
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator, RunError
+from iterdpo.config.schema import load_config
+from iterdpo.core.errors import RunError
+from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow
 
@@ -16,10 +17,12 @@ OVERRIDES = ["run.rounds=2"]
 SKIP = ("time/", "throughput/", "faults/")
 
 
-def _kill_during(orchestrator: Orchestrator, method: str, role: str, round_index: int, after_s: float) -> None:
-    """Kills the `role` actor once, `after_s` into the orchestrator's `method` call of round `round_index`
-    (0: at the method's start, before its first remote call runs)."""
-    original = getattr(orchestrator, method)
+def _kill_during(orchestrator: Orchestrator, owner: object, method: str, group: str, round_index: int,
+                 after_s: float) -> None:
+    """Kills the first actor of `group` ("generators", "judges", "learners") once, `after_s` into the `method` call
+    of `owner` (the orchestrator or its weights) in round `round_index` (0: at the method's start, before its first
+    remote call runs)."""
+    original = getattr(owner, method)
     fired = []
 
     def exit_process(_actor) -> None:  # runs inside the actor (a nested function travels by value)
@@ -30,10 +33,10 @@ def _kill_during(orchestrator: Orchestrator, method: str, role: str, round_index
     def wrapped(*args, **kwargs):
         if not fired and len(orchestrator.metrics.rows) == round_index:
             fired.append(True)
-            getattr(orchestrator, role).__ray_call__.remote(exit_process)
+            getattr(orchestrator.groups, group).first.__ray_call__.remote(exit_process)
         return original(*args, **kwargs)
 
-    setattr(orchestrator, method, wrapped)
+    setattr(owner, method, wrapped)
 
 
 def _comparable(row: dict) -> dict:
@@ -54,13 +57,13 @@ def test_actors_killed_mid_phase_are_restarted_and_the_run_matches(uninterrupted
     try:
         # The tiny model's phases take well under 0.1 s: a kill timed into one lands in the next, so each actor
         # dies as its phase starts, before the phase's remote call runs, and the phase is redone.
-        _kill_during(orchestrator, "generate", "generator", round_index=1, after_s=0)
-        _kill_during(orchestrator, "judge", "judge_actor", round_index=1, after_s=0)
-        _kill_during(orchestrator, "train", "learner", round_index=1, after_s=0)
-        _kill_during(orchestrator, "sync_weights", "generator", round_index=2, after_s=0)
+        _kill_during(orchestrator, orchestrator, "generate", "generators", round_index=1, after_s=0)
+        _kill_during(orchestrator, orchestrator, "judge", "judges", round_index=1, after_s=0)
+        _kill_during(orchestrator, orchestrator.weights, "train", "learners", round_index=1, after_s=0)
+        _kill_during(orchestrator, orchestrator.weights, "sync", "generators", round_index=2, after_s=0)
         # the learner dies as the evaluation starts, after training (its part there: the parity check once the
         # engines are back from scoring under pi0): the round's training is redone and must give the same weights
-        _kill_during(orchestrator, "evaluate", "learner", round_index=2, after_s=0)
+        _kill_during(orchestrator, orchestrator, "evaluate", "learners", round_index=2, after_s=0)
         rows = orchestrator.run()
     finally:
         orchestrator.shutdown()
@@ -78,7 +81,7 @@ def test_past_the_restart_limit_the_run_stops_with_one_line(ray_session, tmp_pat
     cfg = load_config("configs/smoke.yaml", ["run.rounds=1", "faults.max_actor_restarts=0"])
     orchestrator = Orchestrator(cfg, tmp_path / "run")
     try:
-        _kill_during(orchestrator, "train", "learner", round_index=1, after_s=0)
+        _kill_during(orchestrator, orchestrator.weights, "train", "learners", round_index=1, after_s=0)
         with pytest.raises(RunError) as caught:
             orchestrator.run()
     finally:

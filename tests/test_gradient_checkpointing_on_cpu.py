@@ -6,11 +6,11 @@ import ray
 import torch
 
 from actors.learner import Learner
-from iterdpo.config import LearnerConfig, ModelConfig, RoundConfig
-from iterdpo.records import Pair
+from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
+from iterdpo.core.records import Pair
 from random_pairs import random_pairs
-from iterdpo.runtime import actor_env
-from iterdpo.weights import read_weights
+from iterdpo.rounds.runtime import actor_env
+from iterdpo.data.weight_files import read_weights
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ import os
 import pytest
 import ray
 
-from iterdpo.config import load_config
-from iterdpo.seeds import SHARD_STRIDE
-from iterdpo.orchestrator import Orchestrator
-from iterdpo.records import Sampling
+from iterdpo.config.schema import load_config
+from iterdpo.core.seeds import SHARD_STRIDE
+from iterdpo.rounds.orchestrator import Orchestrator
+from iterdpo.core.records import Sampling
 
 pytestmark = pytest.mark.slow
 
@@ -25,23 +25,23 @@ def group_run(ray_session, tmp_path_factory):
     orchestrator = Orchestrator(load_config("configs/smoke.yaml", OVERRIDES), tmp_path_factory.mktemp("groups"))
     try:
         rows = orchestrator.run()
-        learner = ray.get(orchestrator.learner.logprobs.remote(orchestrator._probe))
+        learner = ray.get(orchestrator.groups.learners.first.logprobs.remote(orchestrator.weights.probe))
         parity = [max(abs(a - b) for e, l in zip(engine, learner) for a, b in zip(e, l))
-                  for engine in ray.get(orchestrator.generators.logprobs(orchestrator._probe))]
+                  for engine in ray.get(orchestrator.groups.generators.logprobs(orchestrator.weights.probe))]
         prompts = orchestrator.prompts.for_round(0, 5)
         sampling = Sampling(n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=11)
-        samples = orchestrator.generators.generate(prompts, sampling)
+        samples = orchestrator.groups.generators.generate(prompts, sampling)
         second = dataclasses.replace(sampling, seed=sampling.seed + SHARD_STRIDE)
         return {
             "rows": rows,
-            "sizes": (len(orchestrator.generators.actors), len(orchestrator.learners.actors)),
-            "placed": orchestrator.learners.placement is not None,
+            "sizes": (len(orchestrator.groups.generators.actors), len(orchestrator.groups.learners.actors)),
+            "placed": orchestrator.groups.learners.placement is not None,
             "tolerance": orchestrator.cfg.sync.parity_tolerance,
             "parity": parity,
             "prompts": prompts,
             "samples": samples,
-            "again": orchestrator.generators.generate(prompts, sampling),
-            "second_alone": ray.get(orchestrator.generators.actors[1].generate.remote(prompts[2:], second)),
+            "again": orchestrator.groups.generators.generate(prompts, sampling),
+            "second_alone": ray.get(orchestrator.groups.generators.actors[1].generate.remote(prompts[2:], second)),
         }
     finally:
         orchestrator.shutdown()  # its actors hold the node's CPUs
@@ -78,7 +78,7 @@ def test_a_learner_dying_mid_training_rebuilds_the_group_and_the_run_matches(gro
 
     def train_once_killed(*args, **kwargs):
         if len(orchestrator.metrics.rows) == 2 and not killed:  # round 2
-            killed.append(orchestrator.learners.actors[1])
+            killed.append(orchestrator.groups.learners.actors[1])
             killed[0].__ray_call__.remote(exit_process)
         return train(*args, **kwargs)
 
@@ -86,7 +86,7 @@ def test_a_learner_dying_mid_training_rebuilds_the_group_and_the_run_matches(gro
     orchestrator.train = train_once_killed
     try:
         rows = orchestrator.run()
-        assert orchestrator.learners.actors[1] is not killed[0]
+        assert orchestrator.groups.learners.actors[1] is not killed[0]
     finally:
         orchestrator.shutdown()
     assert [{k: v for k, v in row.items() if not k.startswith(SKIP)} for row in rows] == \

@@ -6,12 +6,12 @@ import json
 import pytest
 
 import hub_standin
-from iterdpo.config import DataConfig
-from iterdpo.data import engine_input, load_prompts
-from iterdpo.errors import ConfigError
-from iterdpo.hub import HubRef
-from iterdpo.models import local_path, pin_model, resolve_model
-from iterdpo.records import Prompt
+from iterdpo.config.schema import DataConfig
+from iterdpo.data.prompts import engine_input, load_prompts
+from iterdpo.core.errors import ConfigError
+from iterdpo.data.hub import HubRef
+from iterdpo.data.models import local_path, pin_model, resolve_model
+from iterdpo.core.records import Prompt
 
 CONVERSATIONS = hub_standin.conversations(20)
 

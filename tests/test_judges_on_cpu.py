@@ -8,12 +8,12 @@ import pytest
 import ray
 
 import hub_standin
-from iterdpo.config import JudgeConfig
-from iterdpo.errors import ConfigError
-from iterdpo.groups import JudgeGroup
-from iterdpo.runtime import actor_env
+from iterdpo.config.schema import JudgeConfig
+from iterdpo.core.errors import ConfigError
+from iterdpo.rounds.groups import JudgeGroup
+from iterdpo.rounds.runtime import actor_env
 from iterdpo.scorers.llm_judge import RatingPrompts
-from iterdpo.scorers.specs import ScorerSpec
+from iterdpo.config.scorers import ScorerSpec
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,13 @@ import ray
 import torch
 from ray import cloudpickle
 
-from iterdpo.config import LearnerConfig, ModelConfig, RoundConfig
-from iterdpo.groups import LearnerGroup
-from iterdpo.models import resolve_model
-from iterdpo.runtime import actor_env
-from iterdpo.records import Pair
+from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
+from iterdpo.rounds.groups import LearnerGroup
+from iterdpo.data.models import resolve_model
+from iterdpo.rounds.runtime import actor_env
+from iterdpo.core.records import Pair
 from random_pairs import random_pairs
-from iterdpo.weights import read_weights
+from iterdpo.data.weight_files import read_weights
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # `_adam_state_numel` runs inside the learners

@@ -9,12 +9,12 @@ import torch
 from ray import cloudpickle
 
 from actors.learner import Learner
-from iterdpo.config import LearnerConfig, LoraConfig, ModelConfig, RoundConfig
-from iterdpo.models import resolve_model
-from iterdpo.runtime import actor_env
-from iterdpo.records import Pair
+from iterdpo.config.schema import LearnerConfig, LoraConfig, ModelConfig, RoundConfig
+from iterdpo.data.models import resolve_model
+from iterdpo.rounds.runtime import actor_env
+from iterdpo.core.records import Pair
 from random_pairs import random_pairs
-from iterdpo.weights import hash_state, read_weights
+from iterdpo.data.weight_files import hash_state, read_weights
 
 pytestmark = pytest.mark.slow
 # The helpers below run inside the learner actor (`__ray_call__`), where this test module cannot be imported.

@@ -10,9 +10,9 @@ import torch
 
 import iterdpo
 from iterdpo.cli import main
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
-from iterdpo.weights import read_weights
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import Orchestrator
+from iterdpo.data.weight_files import read_weights
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_checkpoints_are_merged_models_with_their_adapter(lora_run, tmp_path):
 def test_rollback_to_an_earlier_round_restores_learner_and_engine(lora_run):
     orchestrator, rows, run_dir, _ = lora_run
     folder = str(run_dir / "checkpoints" / "round_001")
-    assert ray.get(orchestrator.learner.load_weights.remote(folder)) == rows[1]["policy/end_hash"]
-    ray.get(orchestrator.generator.load_weights_file.remote(folder))
-    assert orchestrator.check_parity(orchestrator._probe) <= orchestrator.cfg.sync.parity_tolerance
-    assert ray.get(orchestrator.learner.load_weights.remote(orchestrator.pi0)) == rows[1]["policy/start_hash"]
+    assert ray.get(orchestrator.groups.learners.first.load_weights.remote(folder)) == rows[1]["policy/end_hash"]
+    ray.get(orchestrator.groups.generators.first.load_weights_file.remote(folder))
+    assert orchestrator.weights.check_parity() <= orchestrator.cfg.sync.parity_tolerance
+    assert ray.get(orchestrator.groups.learners.first.load_weights.remote(orchestrator.weights.pi0)) == rows[1]["policy/start_hash"]

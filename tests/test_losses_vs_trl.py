@@ -45,7 +45,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference, DPOTrainer
 from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference, KTOTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
-from iterdpo.losses import LossInputs, LossParams, preference_loss
+from iterdpo.training.losses import LossInputs, LossParams, preference_loss
 
 with warnings.catch_warnings():  # "You are importing from 'trl.experimental'": CPO and ORPO live there in 1.16
     warnings.simplefilter("ignore")

@@ -10,8 +10,8 @@ import pytest
 
 import hub_standin
 import wandb_reader
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
-from iterdpo.config import PairsConfig
-from iterdpo.pairs import build_pairs
-from iterdpo.records import Sample
+from iterdpo.config.schema import PairsConfig
+from iterdpo.rounds.pairs import build_pairs
+from iterdpo.core.records import Sample
 
 
 def _sample(prompt_index: int, token: int, length: int = 1) -> Sample:

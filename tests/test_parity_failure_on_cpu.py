@@ -4,8 +4,9 @@ import pytest
 import ray
 import torch
 
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator, ParityError
+from iterdpo.config.schema import load_config
+from iterdpo.core.errors import ParityError
+from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow
 
@@ -16,14 +17,11 @@ def _perturb(weights: dict) -> dict:
     return {name: t + 0.05 * torch.randn(t.shape, generator=generator) for name, t in weights.items()}
 
 
-class _WrongWeightsOrchestrator(Orchestrator):
-    def push_weights(self, weights):
-        super().push_weights(_perturb.remote(weights))
-
-
 def test_parity_check_stops_a_run_with_wrong_weights(ray_session, tmp_path):
     cfg = load_config("configs/smoke.yaml", ["run.rounds=1"])
-    orchestrator = _WrongWeightsOrchestrator(cfg, tmp_path / "run")
+    orchestrator = Orchestrator(cfg, tmp_path / "run")
+    push = orchestrator.weights.push
+    orchestrator.weights.push = lambda weights: push(_perturb.remote(weights))  # every push: wrong weights
     try:
         with pytest.raises(ParityError, match="parity check failed"):
             orchestrator.run()

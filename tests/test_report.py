@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from iterdpo.errors import ConfigError
-from iterdpo.metrics import save_records
-from iterdpo.report import main, read_rows, write_report
+from iterdpo.core.errors import ConfigError
+from iterdpo.rundir.metrics import save_records
+from iterdpo.rundir.report import main, write_report
+from iterdpo.rundir.runs import read_rows
 
 # Rows with keys the orchestrator writes; `tests/test_round_loop_on_cpu.py` reports a real run.
 
@@ -19,7 +20,7 @@ def _row(index: int) -> dict:
         "logps/chosen_drift": 1.0 / index, "logps/rejected_drift": -2.0 * index, "pairs/count": 7,
         "loss/mean": 0.69 - 0.01 * index, "train/rewards/margin": 0.02 * index, "train/rewards/accuracy": 0.5,
         "sync/parity_max_abs_diff": 1e-6, "safety/refusal_rate": 0.0, "safety/toxicity_rate": 0.01 * index,
-        "kl/ref_to_policy_k3": 0.01 * index, "judge/dropped": None if index == 2 else 0.0, "time/round": 3.0,
+        "kl/ref_to_policy_k3": 0.01 * index, "judge/dropped": None if index == 2 else float(index), "time/round": 3.0,
         "reference/source": f"policy@round_{index:03d}_start", "policy/end_hash": "abc",
         "settings": {"beta": 0.1 * index, "loss": "dpo"},
     }
@@ -53,7 +54,11 @@ def _has_value(row: dict, key: str) -> bool:
 def _check_plots(out: Path, rows: list[dict]) -> dict:
     """Every series is drawn at exactly the rounds whose row holds a finite value for it: no round dropped."""
     plots = json.loads((out / "plots.json").read_text())
+    flat = plots.pop("flat")
     assert list(plots)[0] == "headline.png"
+    for key, value in flat.items():  # unchanged in every round it has a value: stated, not drawn
+        assert {row[key] for row in rows if _has_value(row, key)} == {value}, key
+        assert all(key not in info["series"] for info in plots.values()), key
     for name, info in plots.items():
         assert (out / name).stat().st_size > 1000 and info["series"], name
         for key, series in info["series"].items():
@@ -82,8 +87,11 @@ def test_finished_run_with_rejected_round(tmp_path):
     rows = read_rows(run / "metrics.jsonl")
     plots = _check_plots(out, rows)
     assert _all_rounds_series(plots, rows) >= 2  # eval/reward_mean in the headline and in family_eval
-    assert _all_rounds_series(plots, rows[1:]) > 10  # the round >= 1 metrics cover rounds 1..4
+    assert _all_rounds_series(plots, rows[1:]) >= 10  # the round >= 1 metrics cover rounds 1..4
     assert all(info["rejected_rounds"] == [3] for info in plots.values())
+    flat = json.loads((out / "plots.json").read_text())["flat"]
+    assert flat["pairs/count"] == 7 and flat["safety/refusal_rate"] == 0.0 and flat["time/round"] == 3.0
+    assert "family_pairs.png" not in plots and "family_time.png" not in plots  # nothing in them changes
     assert plots["family_judge.png"]["series"]["judge/dropped"]["x"] == [1, 3, 4]  # null in round 2: a gap
     assert "family_policy.png" not in plots and "family_reference.png" not in plots  # strings are not plotted
 
@@ -102,7 +110,11 @@ def test_finished_run_with_rejected_round(tmp_path):
     drawn = plots["headline.png"]["series"]["eval/reward_mean"]
     assert drawn["low"] == pytest.approx([0.05 + 0.05 * r for r in range(5)]) and len(drawn["high"]) == 5
     assert not any(key.endswith(("_ci_low", "_ci_high")) for info in plots.values() for key in info["series"])
-    assert "**rounds done**: 4" in markdown and "0.1 → 0.3 (+0.2)" in markdown
+    assert markdown.index("## Headline") < markdown.index("![headline.png]") < markdown.index("## Rounds")
+    assert "| held-out reward | 0.1 [0.05, 0.15] | 0.3 [0.25, 0.35] |" in markdown
+    assert "| gate | – | round 3 rejected (toxicity_rate 0.03 > 0.02 <b>) |" in markdown
+    assert "Unchanged in every round (not plotted): " in markdown and "pairs/count = 7" in markdown
+    assert "**rounds done**: 4" in markdown
     assert "settings (changing)" in markdown and "beta=0.3" in markdown
 
 
@@ -138,6 +150,57 @@ def test_corrupt_middle_line_and_missing_metrics_are_one_line_errors(tmp_path, c
 
 def test_error_bars_are_never_negative():
     """A rate of 0 whose Wilson lower bound was written as 7e-18 draws a bar of 0 below, not a matplotlib error."""
-    from iterdpo.report import error_bars
+    from iterdpo.rundir.plots import error_bars
 
     assert error_bars([0.0, 0.5], [6.9e-18, 0.4], [0.0876, 0.7]) == [[0.0, 0.5 - 0.4], [0.0876, 0.7 - 0.5]]
+
+
+def _full_row(index: int, **values) -> dict:
+    return {"round": index, "eval/reward_mean": 0.6, "eval/reward_mean_ci_low": 0.55, "eval/reward_mean_ci_high": 0.65,
+            "safety/toxicity_rate": 0.0, "safety/toxicity_n": 40.0, "safety/refusal_rate": 0.5,
+            "safety/refusal_n": 16.0, **values}
+
+
+def test_the_headline_answers_first(tmp_path):
+    """Initial -> final with intervals, the change and whether it is beyond noise, judged by hand: the reward's
+    paired change [+0.10, +0.20] is above 0; toxicity 0/40 -> 12/40 is beyond noise, refusals 8/16 -> 7/16 are not
+    (Newcombe); the win rate's interval holds 0.5; an alarm and a rejection are named."""
+    rows = [_full_row(0), _full_row(1, **{"gate/accepted": False, "gate/reason": "toxicity rose"}),
+            _full_row(2, **{"eval/reward_mean": 0.75, "eval/reward_mean_ci_low": 0.7, "eval/reward_mean_ci_high": 0.8,
+                            "eval/reward_delta_vs_pi0": 0.15, "eval/reward_delta_vs_pi0_ci_low": 0.1,
+                            "eval/reward_delta_vs_pi0_ci_high": 0.2, "eval/win_rate_vs_pi0": 0.6,
+                            "eval/win_rate_vs_pi0_ci_low": 0.45, "eval/win_rate_vs_pi0_ci_high": 0.7,
+                            "safety/toxicity_rate": 0.3, "safety/refusal_rate": 7 / 16, "alarm/reward_hacking": 1.0,
+                            "alarm/chosen_logp_falling_rounds": 1.0})]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    markdown = (Path(write_report(run)).parent / "report.md").read_text()
+    assert "| held-out reward | 0.6 [0.55, 0.65] | 0.75 [0.7, 0.8] | 0.15 [0.1, 0.2] | yes, up |" in markdown
+    assert "| toxic continuations | 0 (0/40) | 0.3 (12/40) | +0.3 " in markdown
+    toxic = next(line for line in markdown.splitlines() if line.startswith("| toxic continuations"))
+    refusal = next(line for line in markdown.splitlines() if line.startswith("| refusal of harmful"))
+    assert toxic.endswith("| yes, up |") and refusal.endswith("| no |") and "(7/16)" in refusal
+    assert "| win rate against pi0 (ties half) | – | 0.6 [0.45, 0.7] | – | no |" in markdown
+    assert "| alarms | – | round 2: reward_hacking | – | – |" in markdown  # a streak of 1 is not an alarm yet
+    assert "| gate | – | round 1 rejected (toxicity rose) | – | – |" in markdown
+    assert "- beyond noise: held-out reward: up (0.15 [0.1, 0.2]); toxic continuations: up" in markdown
+    assert "- within noise: win rate against pi0 (ties half), refusal of harmful requests" in markdown
+
+
+def test_an_axis_does_not_magnify_a_change_below_a_tenth_of_the_values():
+    from matplotlib.figure import Figure
+
+    from iterdpo.rundir.plots import honest_limits
+    from iterdpo.rundir.runs import Series
+
+    ax = Figure().subplots()
+    ax.plot([1, 2], [1.0, 1.0001])
+    honest_limits(ax, [Series("x", [1, 2], [1.0, 1.0001])])
+    low, high = ax.get_ylim()
+    assert high - low >= 0.1 and low < 1.0 and high > 1.0001
+    ax = Figure().subplots()
+    ax.plot([1, 2], [1.0, 2.0])
+    before = ax.get_ylim()
+    honest_limits(ax, [Series("x", [1, 2], [1.0, 2.0])])
+    assert ax.get_ylim() == before  # a real change keeps matplotlib's own axis

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import PHASES, Orchestrator
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +13,6 @@ REQUIRED = [
     "round", "reward/mean", "logps/chosen_drift", "logps/rejected_drift", "pairs/count", "pairs/ties_dropped",
     "loss/mean", "sync/parity_max_abs_diff", "eval/reward_mean",
 ]
-PHASES = ["generate", "judge", "build_pairs", "reference", "train", "sync_weights", "evaluate", "gate"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def test_engine_serves_learner_weights_after_sync(smoke_run):
     tolerance = orchestrator.cfg.sync.parity_tolerance
     assert all(row["sync/parity_max_abs_diff"] <= tolerance for row in rows[1:])
     probe = [([5, 6, 7, 8], [9, 10, 11, 12, 13, 14])]
-    assert orchestrator.check_parity(probe) <= tolerance
+    assert orchestrator.weights.check_parity(probe) <= tolerance
 
 
 def test_round_folders_are_datasets(smoke_run):
@@ -70,7 +69,7 @@ def test_report_of_the_real_run(smoke_run, tmp_path):
     """`iterdpo report` on this run: every round in the table, and each plotted series at every round it has."""
     from test_report import _all_rounds_series, _check_plots
 
-    from iterdpo.report import main, read_rows
+    from iterdpo.rundir.report import main, read_rows
 
     _, _, run_dir = smoke_run
     assert main([str(run_dir), "--out", str(tmp_path)]) == 0
@@ -97,7 +96,7 @@ def test_engine_log_probs_are_the_learners(smoke_run):
     for the same tokens under the same weights, within the parity tolerance."""
     import ray
 
-    from iterdpo.pairs import sampled_logps
+    from iterdpo.rounds.pairs import sampled_logps
 
     orchestrator, rows, _ = smoke_run
     tolerance = orchestrator.cfg.sync.parity_tolerance
@@ -106,15 +105,15 @@ def test_engine_log_probs_are_the_learners(smoke_run):
     pair_set = orchestrator.build_pairs(samples, orchestrator.judge(samples), settings, seed=123)
     pairs, pairs_ref = pair_set.pairs, ray.put(pair_set.pairs)
     assert pairs
-    learner_now, learner_pi0 = orchestrator.learners.results([orchestrator.learners.reference_logprobs(pairs_ref, None),
-                                                              orchestrator.learners.reference_logprobs(pairs_ref,
-                                                                                                       orchestrator.pi0)])
-    sampled = _token_gaps(sampled_logps(pairs, samples, orchestrator.policy_hash), learner_now, pairs)
-    served = _token_gaps(orchestrator.generators.score_pairs(pairs, orchestrator.policy_hash), learner_now, pairs)
-    pi0 = _token_gaps(orchestrator.generators.score_pairs(pairs, orchestrator.pi0_hash, orchestrator.pi0), learner_pi0,
+    learner_now, learner_pi0 = orchestrator.groups.learners.results([orchestrator.groups.learners.reference_logprobs(pairs_ref, None),
+                                                              orchestrator.groups.learners.reference_logprobs(pairs_ref,
+                                                                                                       orchestrator.weights.pi0)])
+    sampled = _token_gaps(sampled_logps(pairs, samples, orchestrator.weights.policy_hash), learner_now, pairs)
+    served = _token_gaps(orchestrator.groups.generators.score_pairs(pairs, orchestrator.weights.policy_hash), learner_now, pairs)
+    pi0 = _token_gaps(orchestrator.groups.generators.score_pairs(pairs, orchestrator.weights.pi0_hash, orchestrator.weights.pi0), learner_pi0,
                       pairs)
-    orchestrator.push_weights(orchestrator._pushed)
-    assert orchestrator.check_parity(orchestrator._probe) <= tolerance  # the engines serve the policy again
+    orchestrator.weights.push(orchestrator.weights.pushed)
+    assert orchestrator.weights.check_parity() <= tolerance  # the engines serve the policy again
     assert 0 < max(sampled) <= tolerance and 0 < max(served) <= tolerance and 0 < max(pi0) <= tolerance
     # pi0 and the trained policy are told apart: their scores differ by far more than the tolerance
     assert max(abs(a - b) for a, b in zip(learner_now.chosen, learner_pi0.chosen)) > 100 * tolerance

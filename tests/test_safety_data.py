@@ -2,8 +2,8 @@
 
 import pytest
 
-from iterdpo import safety_data
-from iterdpo.config import ConfigError
+from iterdpo.data import safety_prompts as safety_data
+from iterdpo.config.schema import ConfigError
 
 # distinct prompts per source with the pinned package versions
 COUNTS = {"advbench": 520, "harmbench": 200, "donotanswer": 938, "realtoxicityprompts": 623, "benign": 749}

@@ -3,9 +3,9 @@
 import pytest
 import ray
 
-from iterdpo.config import load_config
-from iterdpo.orchestrator import Orchestrator
-from iterdpo.schedule import Round, Schedule
+from iterdpo.config.schema import load_config
+from iterdpo.rounds.orchestrator import Orchestrator
+from iterdpo.config.schedule import Round, Schedule
 
 pytestmark = pytest.mark.slow
 
@@ -17,11 +17,11 @@ def gated_run(ray_session, tmp_path_factory):
     # A refusal rate can never rise by 2 (200 points), so this threshold rejects every round.
     cfg = load_config("configs/smoke.yaml", ["gate.max_refusal_drop=-2", "gate.on_reject=continue"])
     orchestrator = Orchestrator(cfg, tmp_path_factory.mktemp("gate"), Schedule([Round(), Round(reference="fixed")]))
-    engine_before = ray.get(orchestrator.generator.logprobs.remote(PROBE))
+    engine_before = ray.get(orchestrator.groups.generators.first.logprobs.remote(PROBE))
     try:
         rows = orchestrator.run()
-        engine_after = ray.get(orchestrator.generator.logprobs.remote(PROBE))
-        learner_hash = ray.get(orchestrator.learner.weights_hash.remote())
+        engine_after = ray.get(orchestrator.groups.generators.first.logprobs.remote(PROBE))
+        learner_hash = ray.get(orchestrator.groups.learners.first.weights_hash.remote())
         yield rows, engine_before, engine_after, learner_hash
     finally:
         orchestrator.shutdown()

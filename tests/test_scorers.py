@@ -7,13 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from iterdpo.errors import ConfigError
+from iterdpo.core.errors import ConfigError
 from iterdpo.scorers.combine import combine_scores, judge_agreement
 from iterdpo.scorers.factory import build_judge, build_scorer
 from iterdpo.scorers.robust import RobustScorer, ScorerError
 from iterdpo.scorers.safety import is_refusal, refusal_agreement
 from iterdpo.scorers.sentiment import review_classifier
-from iterdpo.scorers.specs import ScorerSpec, spec_from_dict
+from iterdpo.config.scorers import ScorerSpec, spec_from_dict
 from iterdpo.scorers.reward_model import pick_device
 from iterdpo.scorers.sentiment import ReviewClassifier, _fit, _save, _split
 
@@ -115,7 +115,7 @@ def reward_models(tmp_path_factory):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
-    from iterdpo.models import _train_tokenizer
+    from iterdpo.data.models import _train_tokenizer
 
     tokenizer = _train_tokenizer(vocab_size=512)
     root = tmp_path_factory.mktemp("reward-models")
@@ -326,7 +326,7 @@ def test_importing_the_scorers_loads_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, iterdpo.scorers, iterdpo.safety_data; "
+    code = ("import sys, iterdpo.scorers, iterdpo.data.safety_prompts; "
             "print(sorted(m for m in ('torch', 'transformers', 'sklearn', 'profanity_check') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

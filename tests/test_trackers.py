@@ -6,9 +6,9 @@ import math
 import pytest
 
 import wandb_reader
-from iterdpo.errors import ConfigError
-from iterdpo.metrics import MetricsLog
-from iterdpo.trackers import check_installed, open_trackers
+from iterdpo.core.errors import ConfigError
+from iterdpo.rundir.metrics import MetricsLog
+from iterdpo.rundir.trackers import check_installed, open_trackers
 
 ROWS = [
     {"round": 0, "eval/reward_mean": 0.25, "safety/refusal_rate": 0.0625, "time/evaluate": 1.5},

@@ -7,10 +7,10 @@ import dataclasses
 import importlib.util
 from typing import Callable
 
-from iterdpo.errors import ConfigError
-from iterdpo.models import fits, pin_model, resolve_model
-from iterdpo.package_data import package_data_file
-from iterdpo.scorers.specs import ScorerSpec
+from iterdpo.core.errors import ConfigError
+from iterdpo.data.models import fits, pin_model, resolve_model
+from iterdpo.data.package_data import package_data_file
+from iterdpo.config.scorers import ScorerSpec
 
 
 def _hf_reward_model(spec: ScorerSpec) -> tuple[ScorerSpec, str]:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from iterdpo.records import Message
+from iterdpo.core.records import Message
 from iterdpo.scorers.robust import RobustScorer
 
 

@@ -1,4 +1,4 @@
-"""Scorers and judges from typed specs (`iterdpo.scorers.specs`); each builder imports its heavy library only
+"""Scorers and judges from typed specs (`iterdpo.config.scorers`); each builder imports its heavy library only
 when a scorer of its kind is built."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 from iterdpo.scorers.combine import WeightedJudge
 from iterdpo.scorers.robust import RobustScorer
-from iterdpo.scorers.specs import (FunctionOptions, HFRewardModelOptions, LLMJudgeOptions, RefusalOptions, Scorer,
+from iterdpo.config.scorers import (FunctionOptions, HFRewardModelOptions, LLMJudgeOptions, RefusalOptions, Scorer,
                                    ScorerSpec, SentimentOptions, ToxicityOptions, VaderOptions, function_scorer)
 
 

@@ -17,9 +17,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from iterdpo.errors import ConfigError
-from iterdpo.models import resolve_model
-from iterdpo.records import Message
+from iterdpo.core.errors import ConfigError
+from iterdpo.data.models import resolve_model
+from iterdpo.core.records import Message
 
 FIELD = "llm_judge"
 PLACEHOLDERS = ("{prompt}", "{response}")

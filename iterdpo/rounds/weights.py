@@ -1,0 +1,222 @@
+"""The run's policy weights, in one room: where pi0 and the last accepted weights are, what the engines were last
+given, the parity check's probe, the policy's hash, and every operation that moves weights between the learner, the
+engines and the run directory. The orchestrator keeps the round's phases; what they do to weights goes through here.
+
+- **train** the round on the learner (a diverged round goes back to its start weights), remembering how to train it
+  again should the learner die before the round is over;
+- **push** the learner's weights into every engine and prove it with the **parity check**: every engine's per-token
+  log-probs of the probe sequences held to the learner's, within `sync.parity_tolerance`;
+- **score under pi0**: pi0 loaded into the engines for a pass, then the pushed weights back, proven again (or the
+  learner scores, with `sync.score_on_engine` false); and the round's **reference** scores;
+- **restore** an actor that holds only what its constructor built (a restart), a rejected round's weights, or
+  nothing of a resumed run: the learner gets the last accepted weights (checked by hash; the round trained again when
+  it had trained, which must give the same hash), the engines the learner's (checked by the parity check);
+- **accept** a round (its checkpoint, the EMA reference) or **roll back** to the last accepted weights everywhere;
+- **resume** a run directory at its last accepted round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+
+from iterdpo.config.schema import Config, RoundConfig
+from iterdpo.core.errors import ParityError, RunError
+from iterdpo.core.records import PairLogps, Sample, TrainResult
+from iterdpo.data.weight_files import check_weight_files
+from iterdpo.rounds.groups import ActorGroups
+from iterdpo.rounds.pairs import PairSet, sampled_logps
+from iterdpo.rounds.rows import Reference
+from iterdpo.rundir.layout import RunDir, round_name
+from iterdpo.training.sequences import Sequence
+
+log = logging.getLogger("iterdpo")
+
+
+def probe_of(sequences: list[Sequence], count: int) -> list[Sequence]:
+    """The parity check's sequences: the first `count` of `sequences` that have a response."""
+    return [(prompt, response) for prompt, response in sequences if response][:count]
+
+
+@dataclass
+class _Trained:
+    redo: Callable[[], TrainResult]  # trains the round again from its start weights (after a learner restart)
+    weights_hash: str
+
+
+class PolicyWeights:
+    def __init__(self, cfg: Config, groups: ActorGroups, files: RunDir) -> None:
+        self.cfg, self.groups, self.files = cfg, groups, files
+        self.pi0 = cfg.model.path  # where every node finds the initial policy (a Hub id at its pinned commit)
+        self.pi0_hash = self.policy_hash = groups.learners.weights_hash()
+        self.accepted = self.pi0  # what a rejected round rolls back to
+        self.pushed: ray.ObjectRef | None = None  # the weights the engines serve, as last pushed
+        self.probe: list[Sequence] = []  # the parity check's sequences
+        self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
+
+    # -- a round's training ------------------------------------------------------------------------------------
+
+    def reference(self, pairs_ref: ray.ObjectRef, pair_set: PairSet, samples: list[Sample], settings: RoundConfig,
+                  index: int) -> Reference:
+        """The pairs scored by the round's reference (refresh: the current weights; fixed: pi0; ema: the average
+        of past policies), by the round-start policy that sampled them, and by pi0 for cumulative drift when that is
+        another model. With sync.score_on_engine the engines give all but a fixed or EMA reference's scores."""
+        learners = self.groups.learners
+        weights_file, source = {
+            "refresh": (None, f"policy@{round_name(index)}_start"),
+            "fixed": (self.pi0, "pi0"),
+            "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
+        }[settings.reference]
+        same_as_pi0 = weights_file == self.pi0 or (weights_file is None and self.policy_hash == self.pi0_hash)
+        on_engine, pi0_pass = self.cfg.sync.score_on_engine, self.cfg.run.track_pi0 and not same_as_pi0
+        pending = {}
+        if weights_file is not None or not on_engine:
+            pending["reference"] = learners.reference_logprobs(pairs_ref, weights_file)
+        if weights_file is not None and not on_engine:
+            pending["start"] = learners.reference_logprobs(pairs_ref, None)
+        if pi0_pass and not on_engine:
+            pending["pi0"] = learners.reference_logprobs(pairs_ref, self.pi0)
+        scored = dict(zip(pending, learners.results(list(pending.values()))))
+        if on_engine:
+            scored["start"] = sampled_logps(pair_set.pairs, samples, self.policy_hash)
+            scored.setdefault("reference", scored["start"])
+            if pi0_pass:  # the engines serve pi0 until the round's sync pushes the trained weights
+                scored["pi0"] = self.groups.generators.score_pairs(pair_set.pairs, self.pi0_hash, self.pi0)
+        reference = scored["reference"]
+        pi0 = scored.get("pi0", reference if same_as_pi0 else None)
+        return Reference(scores=reference, start=scored.get("start", reference),
+                         pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
+
+    def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int,
+              seed: int) -> TrainResult:
+        """The round trained on the learner; a diverged round leaves the learner at the round's start weights."""
+        def run() -> TrainResult:
+            return self.groups.learners.train(pairs_ref, reference, settings, seed, self.cfg.faults.max_refused_steps,
+                                              rescore=not self.cfg.sync.score_on_engine)
+
+        trained = run()
+        if trained.diverged:
+            log.warning("round %d: %d optimizer steps had a non-finite loss or gradient; the learner goes back to the "
+                        "round's start weights", index, trained.refused_steps)
+            self.restore("learner")
+        else:
+            self._trained = _Trained(redo=run, weights_hash=trained.after.weights_hash)
+        return trained
+
+    def rescore(self, trained: TrainResult, pair_set: PairSet) -> TrainResult:
+        """The pairs under the trained weights, for the drift metrics: scored by the engines, which serve those
+        weights now (the learner scored them itself unless sync.score_on_engine)."""
+        if trained.diverged or not self.cfg.sync.score_on_engine:
+            return trained
+        return dataclasses.replace(trained, after=self.groups.generators.score_pairs(pair_set.pairs,
+                                                                                     trained.after.weights_hash))
+
+    def round_over(self) -> None:
+        """The round's training is kept or rolled back: a learner restart from here on must not train it again."""
+        self._trained = None
+
+    # -- the engines -------------------------------------------------------------------------------------------
+
+    def sync(self, samples: list[Sample]) -> float:
+        """Pushes the learner's weights into the engines, then proves each engine serves them (on a probe of the
+        round's samples); returns the parity check's largest difference."""
+        self.push(self.groups.learners.export_weights())
+        self.probe = probe_of([(s.prompt_ids, s.response_ids) for s in samples], self.cfg.sync.probe_sequences)
+        return self.check_parity()
+
+    def push(self, weights: ray.ObjectRef) -> None:
+        self.groups.generators.load_weights(weights)
+        self.pushed = weights  # what the engines go back to after serving pi0 for a while
+
+    def check_parity(self, probe: list[Sequence] | None = None) -> float:
+        """The largest difference between any engine's log-probs of `probe` (default: the run's probe) and the
+        learner's. The engines score, then the learner: on a CPU two computing at once slow each other down."""
+        probe = self.probe if probe is None else probe
+        served = ray.get(self.groups.generators.logprobs(probe))
+        learners = self.groups.learners
+        computed = learners.results([learners.logprobs(probe)])[0]
+        diff = max((abs(a - b) for engine in served for e, l in zip(engine, computed) for a, b in zip(e, l)),
+                   default=0.0)
+        if not diff <= self.cfg.sync.parity_tolerance:
+            raise ParityError(
+                f"weight sync parity check failed: engine and learner log-probs differ by up to {diff:.3g} "
+                f"(sync.parity_tolerance={self.cfg.sync.parity_tolerance:g}); the engine is not serving the "
+                "learner's weights"
+            )
+        return diff
+
+    def under_pi0(self, sequences: list[Sequence]) -> Callable[[], list[list[float]]]:
+        """Starts scoring `sequences` under pi0 and returns what waits for the scores. The learner starts at once
+        (it computes while the caller's next work runs on other actors); the engines score when waited for, as they
+        must be done generating, and then serve the weights last pushed again, proven."""
+        if not self.cfg.sync.score_on_engine:
+            learners = self.groups.learners
+            pending = learners.logprobs(sequences, self.pi0)
+            return lambda: learners.results([pending])[0]
+
+        def on_engines() -> list[list[float]]:
+            scores = self.groups.generators.score(sequences, self.pi0)
+            self.push(self.pushed)
+            self.check_parity()
+            return scores
+
+        return on_engines
+
+    # -- the run's state -----------------------------------------------------------------------------------------
+
+    def restore(self, role: str) -> float | None:
+        """Puts the run's weights back into `role`'s actors (module docstring); for the engines, returns the parity
+        check's largest difference (None before the run has a probe)."""
+        if role == "learner":
+            restored = self.groups.learners.load_weights(self.accepted)
+            if restored != self.policy_hash:
+                raise RunError(f"the learner's weights after loading {self.accepted} have hash {restored}, "
+                               f"expected {self.policy_hash}")
+            if self._trained is not None:
+                again = self._trained.redo()
+                if again.after is None or again.after.weights_hash != self._trained.weights_hash:
+                    raise RunError("after the learner's restart the round's training gave other weights than before "
+                                   f"(hash {again.after and again.after.weights_hash} vs {self._trained.weights_hash})")
+        elif role == "generator":
+            self.push(self.groups.learners.export_weights())
+            return self.check_parity() if self.probe else None
+        return None
+
+    def accept(self, index: int, end_hash: str, settings: RoundConfig) -> None:
+        """The round's weights become the run's: a checkpoint (and, for an EMA reference, the new average). The
+        run's state changes only once every remote call has succeeded, so an actor dying here leaves it redoable."""
+        checkpoint = str(self.files.checkpoint(index))
+        self.groups.learners.save_weights(checkpoint)
+        if settings.reference == "ema":
+            self.groups.learners.update_ema(self._ema_source(index), str(self.files.ema(index)), settings.ema_rate)
+        self.policy_hash, self.accepted = end_hash, checkpoint
+
+    def roll_back(self) -> dict[str, Any]:
+        """The last accepted weights back in the learner and the engines; what the round's row records of it."""
+        self.round_over()
+        self.restore("learner")
+        parity = self.restore("generator")
+        return {"gate/restored_hash": self.policy_hash, "gate/restored_from": self.accepted,
+                "sync/rollback_parity_max_abs_diff": parity}
+
+    def resume(self, rows: list[dict[str, Any]], initial: list[Sequence]) -> None:
+        """The state of a run whose metrics end with `rows`: the last accepted round's weights in the learner and
+        the engines, the probe from pi0's held-out sequences (`initial`)."""
+        accepted = [row for row in rows[1:] if row.get("gate/accepted", True)]
+        if accepted:
+            self.policy_hash = accepted[-1]["policy/end_hash"]
+            self.accepted = str(self.files.checkpoint(accepted[-1]["round"]))
+            check_weight_files(Path(self.accepted), f"resume from round {accepted[-1]['round']}")
+        self.probe = probe_of(initial, self.cfg.sync.probe_sequences)
+        self.restore("learner")
+        self.restore("generator")
+
+    def _ema_source(self, index: int) -> str:
+        """The EMA of the policies before round `index` (pi0 until an EMA round has been accepted)."""
+        latest = self.files.latest_ema(index - 1)
+        return str(latest) if latest else self.pi0
