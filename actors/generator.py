@@ -1,38 +1,33 @@
 """The generator actor: a vLLM engine running in the actor's own process.
 
-The engine is created in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set by the orchestrator's runtime env),
-so new weights are handed to the worker as tensors and loaded in place by vLLM's ``reload_weights``: no restart,
-no files on disk.
+On one device the engine runs in the actor's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set in the actor's
+runtime env), so new weights are handed to the worker as tensors and loaded in place by vLLM's ``reload_weights``:
+no restart, no files on disk. With tensor parallelism its workers run in processes of their own and take the weights
+as safetensors bytes (`actors.generator_worker`).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from safetensors.torch import save as safetensors_bytes
 
 from iterdpo.config.schema import GeneratorConfig, ModelConfig
+from iterdpo.core.engine import in_process, seeded_params, start_engine
 from iterdpo.data.prompts import engine_input, prompt_length
 from iterdpo.data.models import local_path, resolve_model
 from iterdpo.core.records import Prompt, Sample, Sampling
 from iterdpo.data.weight_files import read_weights
 
 
-def build_engine(model: ModelConfig, cfg: GeneratorConfig, seed: int):
-    """The in-process vLLM engine the generator runs (benchmarks build their bare baseline with it too), on the
-    model folder `model.path` resolves to on this node."""
-    # vLLM is imported here, in the engine's process, never in the driver.
-    from vllm import LLM
-
-    on_gpu = torch.cuda.is_available()
-    return LLM(
-        model=str(resolve_model(model.path)),
-        dtype=cfg.dtype,
-        enforce_eager=cfg.enforce_eager,
-        max_model_len=cfg.max_model_len,
-        seed=seed,
-        trust_remote_code=model.trust_remote_code,
-        kv_cache_memory_bytes=None if on_gpu else int(cfg.kv_cache_gib * 2**30),
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-    )
+def build_engine(model: ModelConfig, cfg: GeneratorConfig, seed: int) -> Any:
+    """The vLLM engine the generator runs (benchmarks build their bare baseline with it too), on the model folder
+    `model.path` resolves to on this node, by the rules of `iterdpo.core.engine`."""
+    return start_engine(resolve_model(model.path), dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                        kv_cache_gib=cfg.kv_cache_gib, enforce_eager=cfg.enforce_eager,
+                        tensor_parallel_size=cfg.tensor_parallel_size, seed=seed,
+                        trust_remote_code=model.trust_remote_code)
 
 
 class Generator:
@@ -57,9 +52,7 @@ class Generator:
         tokenizer = self.llm.get_tokenizer()
         given = [engine_input(tokenizer, prompt, sampling.chat) for prompt in prompts]
         requests = [TokensPrompt(prompt_token_ids=g) if isinstance(g, list) else g for g in given]
-        # A per-request seed breaks split prefills on CPU; seeding the global generator repeats runs exactly.
-        torch.manual_seed(sampling.seed)
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = self.llm.generate(requests, seeded_params(params, sampling.seed, len(requests)), use_tqdm=False)
         samples = []
         for index, output in enumerate(outputs):
             for completion in output.outputs:
@@ -106,7 +99,10 @@ class Generator:
             # Once an in-place reload has set the output head, a later state without it (a checkpoint of a tied
             # model stores the embedding once) would leave the old head in place.
             state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        if in_process():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        else:
+            self.llm.collective_rpc("load_weight_bytes", args=(safetensors_bytes(dict(state)),))
         self.llm.reset_prefix_cache()
 
     def load_weights_file(self, path: str) -> None:

@@ -8,6 +8,7 @@ refreshed every round by construction and costs no memory beyond two floats per 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -22,15 +23,16 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file as save_safetensors
 
+from iterdpo.core.devices import device_kind
 from iterdpo.core.ports import free_port
 from iterdpo.training import lora
 from iterdpo.core.atomic import atomic_folder, atomic_write
 from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.training.losses import LOSSES, LossInputs, LossParams, TrainingHook, preference_loss
 from iterdpo.data.models import local_path, resolve_model
-from iterdpo.core.records import Pair, PairLogps, TrainResult
+from iterdpo.core.records import Pair, PairLogps, TrainResult, pair_sequences
 from iterdpo.core.seeds import epoch_seed
-from iterdpo.training.sequences import Sequence, collate, per_token_lists, sequence_logprobs, token_logprobs
+from iterdpo.training.sequences import ResponseLogprobs, Sequence, TokenBatch, collate, per_token_lists
 from iterdpo.core.sharding import shard_bounds
 from iterdpo.data.weight_files import hash_state, read_weights
 
@@ -59,7 +61,7 @@ def _process_group_env(rank: Rank | None) -> None:
     else:
         os.environ.update(RANK=str(rank.rank), LOCAL_RANK="0", WORLD_SIZE=str(rank.world_size),
                           MASTER_ADDR=rank.master_addr, MASTER_PORT=str(rank.master_port))
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    os.environ.setdefault("DS_ACCELERATOR", device_kind())  # the GPUs Ray gave this actor, not the machine's
 
 
 class Learner:
@@ -88,6 +90,7 @@ class Learner:
                         if cfg.lora.rank else None)
         if self.adapter is not None:
             model = self.adapter.model
+        self.policy = model  # the causal LM (with LoRA: the peft model), whose weights every weight call reads
         deepspeed.init_distributed()  # gloo on CPU, nccl on CUDA: DeepSpeed's accelerator picks
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         trainable = [param for param in model.parameters() if param.requires_grad]
@@ -102,7 +105,14 @@ class Learner:
             "bf16": {"enabled": cfg.bf16, "check_grad_overflow": True},
             "steps_per_print": 10**9,
         }
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        # The engine's module computes response log-probs in bounded memory (`iterdpo.training.sequences`): every
+        # pass, scoring or training, goes through the engine's forward.
+        scorer = ResponseLogprobs(model)
+        if not scorer.scorer.chunked:
+            logging.getLogger("iterdpo").warning(
+                "learner: %s's forward does more than head(decoder(x)); its log-probs come from the full "
+                "[rows, T, vocab] logits (more memory)", model.config.architectures)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=scorer, optimizer=optimizer, config=ds_config)
         if self.world_size == 1 and cfg.zero_stage == 0:
             # A lone rank's all-reduce averages over itself: DeepSpeed would still flatten every gradient into
             # buckets and copy it back after each backward pass.
@@ -111,19 +121,23 @@ class Learner:
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
-    def _pair_logps(self, pairs: list[Pair]) -> PairLogps:
-        chosen: list[list[float]] = []
-        rejected: list[list[float]] = []
-        step = self.cfg.micro_batch_size
+    def _logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        """[B, T - 1] log-prob of each response token of `batch` under the current weights (the engine's forward)."""
+        return self.engine(batch.input_ids, batch.attention_mask, batch.response_mask)
+
+    def _score(self, sequences: list[Sequence]) -> list[list[float]]:
+        """Per-token log-probs of each response, in micro-batches of a training step's rows."""
+        rows = 2 * self.cfg.micro_batch_size
+        scored: list[list[float]] = []
         with torch.no_grad():
-            for start in range(0, len(pairs), step):
-                batch = pairs[start : start + step]
-                tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
-                                 [(p.prompt_ids, p.rejected_ids) for p in batch], self.pad_id, self.device)
-                per_token = per_token_lists(token_logprobs(self.engine, tokens), tokens)
-                chosen += per_token[: len(batch)]
-                rejected += per_token[len(batch) :]
-        return PairLogps.from_tokens(chosen, rejected, self.weights_hash())
+            for start in range(0, len(sequences), rows):
+                batch = collate(sequences[start : start + rows], self.pad_id, self.device)
+                scored += per_token_lists(self._logprobs(batch), batch)
+        return scored
+
+    def _pair_logps(self, pairs: list[Pair]) -> PairLogps:
+        scored = self._score(pair_sequences(pairs))
+        return PairLogps.from_tokens(scored[: len(pairs)], scored[len(pairs) :], self.weights_hash())
 
     def reference_logprobs(self, pairs: list[Pair], weights_file: str | None = None) -> PairLogps:
         """Summed log-probs of chosen and rejected responses under the current (round-start) weights, or under the
@@ -134,9 +148,8 @@ class Learner:
     def logprobs(self, sequences: list[Sequence], weights_file: str | None = None) -> list[list[float]]:
         """Per-token log-probs of each response, under the current weights (the weight-sync parity check) or under
         the weights in `weights_file` (pi0, for the held-out KL to it)."""
-        with self._weights(weights_file), torch.no_grad():
-            batch = collate(sequences, self.pad_id, self.device)
-            return per_token_lists(token_logprobs(self.engine, batch), batch)
+        with self._weights(weights_file):
+            return self._score(sequences)
 
     @contextlib.contextmanager
     def _weights(self, weights_file: str | None) -> Iterator[None]:
@@ -208,7 +221,7 @@ class Learner:
         self.engine.train()
         params = settings.params()
         return RoundSteps(self, settings.loss, params,
-                          LOSSES[settings.loss].training_hook(self.engine.module, num_pairs, params, self.device))
+                          LOSSES[settings.loss].training_hook(self.policy, num_pairs, params, self.device))
 
     def _shard(self, batch: list[int]) -> tuple[list[int], float]:
         """This rank's contiguous share of a global batch of pair indices, and its weight: the share's size over the
@@ -242,7 +255,7 @@ class Learner:
         check_grad_overflow) checks the global norm itself inside `step()`."""
         if self.cfg.zero_stage > 0:
             return True
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
     # -- weights -------------------------------------------------------------------------------------------------
@@ -252,10 +265,10 @@ class Learner:
         shards first. `for_engine` is what a weight push sends: the tensors themselves, which Ray copies into its
         object store as the call returns (the only copy), without a tied output head: it is the embedding again,
         which the engines tie back themselves (`Generator.load_weights`)."""
-        skip = TIED_HEAD if for_engine and getattr(self.engine.module.config, "tie_word_embeddings", False) else None
+        skip = TIED_HEAD if for_engine and getattr(self.policy.config, "tie_word_embeddings", False) else None
         if self.adapter is not None:
             return {name: t for name, t in self.adapter.merged_state().items() if name != skip}
-        module = self.engine.module
+        module = self.policy
         gathered = contextlib.nullcontext()
         if self.cfg.zero_stage == 3:
             import deepspeed
@@ -308,7 +321,7 @@ class Learner:
         if self.adapter is not None:
             self.adapter.load_base(state)
             return
-        module = self.engine.module
+        module = self.policy
         params = dict(module.named_parameters())
         missing = sorted(set(params) - set(state))
         if missing:
@@ -326,7 +339,7 @@ class Learner:
         """The hash of `export_weights()`'s state, read in place where the module holds whole weights (no copy)."""
         if self.adapter is not None or self.cfg.zero_stage == 3:
             return hash_state(self.export_weights())
-        return hash_state(self.engine.module.state_dict())
+        return hash_state(self.policy.state_dict())
 
 
 class RoundSteps:
@@ -343,7 +356,7 @@ class RoundSteps:
         learner, hook = self.learner, self.hook
         tokens = collate([(p.prompt_ids, p.chosen_ids) for p in batch] +
                          [(p.prompt_ids, p.rejected_ids) for p in batch], learner.pad_id, learner.device)
-        logps = sequence_logprobs(learner.engine, tokens)
+        logps = learner._logprobs(tokens).sum(-1)
 
         def column(values) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=learner.device)

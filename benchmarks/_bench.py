@@ -80,7 +80,7 @@ def run_parser(description: str) -> argparse.ArgumentParser:
 
 def run_config(args: argparse.Namespace, *extra: str):
     """The config a `run_parser` script runs: --config with its dotted overrides, --model, --prompts, then `extra`."""
-    from iterdpo.config.schema import load_config
+    from iterdpo.config.loading import load_config
 
     overrides = list(args.overrides)
     if args.model:

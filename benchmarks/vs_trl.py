@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-    from iterdpo.config.schema import load_config
+    from iterdpo.config.loading import load_config
     from iterdpo.data.models import resolve_model
     from iterdpo.rounds.orchestrator import Orchestrator
     from iterdpo.scorers.factory import build_scorer

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from actors.generator import Generator
     from actors.learner import TIED_HEAD
-    from iterdpo.config.schema import config_from_dict
+    from iterdpo.config.loading import config_from_dict
     from iterdpo.data.models import resolve_model
     from iterdpo.rounds.orchestrator import Orchestrator
     from iterdpo.rounds.weights import probe_of
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "push (in-process)": lambda: local.load_weights(state),
         "ray.put alone": lambda: ray.put(state),
         "push (actor, ray.put)": lambda: ray.get(generator.load_weights.remote(ray.put(state))),
-        "sync (orchestrator)": lambda: parity_diffs.append(orchestrator.weights.sync(samples)),
-        "parity check": lambda: parity_diffs.append(orchestrator.weights.check_parity(probe)),
+        "sync (orchestrator)": lambda: parity_diffs.append(orchestrator.weights.sync(samples).max),
+        "parity check": lambda: parity_diffs.append(orchestrator.weights.check_parity(probe).max),
     }
     try:
         measured = interleaved(sides, args.repeats, args.warmup)

@@ -37,7 +37,9 @@ def run(
     that holds an interrupted run is resumed (pass the same schedule again: a Python schedule is not saved). The run
     goes the way `iterdpo run` goes (`iterdpo.session.run_rounds`): the directory's lock, a clean stop on SIGINT or
     SIGTERM, RUN_DIR/logs/, and `iterdpo.session.RunFailed` with a one-line message when it fails."""
-    from iterdpo.config.schema import Config, check_schedule_length, config_from_dict, load_config, with_overrides
+    from iterdpo.config.schema import Config
+    from iterdpo.config.schedule import check_schedule_length
+    from iterdpo.config.loading import config_from_dict, load_config, with_overrides
     from iterdpo.rundir.layout import RunDir, new_run_dir
     from iterdpo.session import run_rounds
 

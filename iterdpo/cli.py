@@ -8,7 +8,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from iterdpo.config.schema import Config, load_config
+from iterdpo.config.schema import Config
+from iterdpo.config.loading import load_config
 from iterdpo.core.errors import ConfigError
 from iterdpo.core.atomic import atomic_folder
 from iterdpo.rundir.layout import RunDir, new_run_dir, saved_config

@@ -6,7 +6,10 @@
 
 - ``acme/tiny-chat``: the built-in tiny Qwen2 with a chat template (a policy, and an LLM judge);
 - ``acme/tiny-rm``: a tiny Qwen2 sequence classifier with one output (a reward model);
-- ``acme/chat-prompts`` (a data set): parquet files with a `messages` column (conversations), splits train and test.
+- ``acme/chat-prompts`` (a data set): parquet files with a `messages` column (conversations), splits train and test;
+- ``acme/qwen2.5-0.5b-shape``: Qwen2.5-0.5B-Instruct's config.json (its real shape: 494 M parameters) with the tiny
+  tokenizer and no weights: what a memory plan reads of a model (a Hub id resolves to its config and tokenizer
+  before any actor starts).
 """
 
 import hashlib
@@ -16,6 +19,13 @@ from pathlib import Path
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 POLICY, REWARD_MODEL, PROMPTS = "acme/tiny-chat", "acme/tiny-rm", "acme/chat-prompts"
+QWEN_SHAPE = "acme/qwen2.5-0.5b-shape"
+# Qwen/Qwen2.5-0.5B-Instruct's config.json (the fields that set its shape).
+QWEN2_5_0_5B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
+                "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+                "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+                "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "torch_dtype": "bfloat16",
+                "eos_token_id": 151645, "bos_token_id": 151643}
 
 
 def commit_of(repo: str) -> str:
@@ -68,6 +78,15 @@ def _reward_model(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _qwen_shape(out: Path) -> None:
+    import json
+
+    _policy(out)
+    for weights in out.glob("*.safetensors"):
+        weights.unlink()
+    (out / "config.json").write_text(json.dumps(QWEN2_5_0_5B, indent=2))
+
+
 def conversations(count: int, offset: int = 0) -> list[list[dict]]:
     """Chat prompts: some multi-turn, ending in an assistant turn that the prompt must drop."""
     topics = ["a film", "a book", "a song", "a play", "a meal", "a trip", "a game", "a park"]
@@ -97,4 +116,5 @@ def build(cache: Path) -> dict[str, Path]:
     """Every stand-in in the Hub cache `cache`; returns each repo's snapshot folder."""
     return {POLICY: _publish(cache, "model", POLICY, _policy),
             REWARD_MODEL: _publish(cache, "model", REWARD_MODEL, _reward_model),
-            PROMPTS: _publish(cache, "dataset", PROMPTS, _prompts)}
+            PROMPTS: _publish(cache, "dataset", PROMPTS, _prompts),
+            QWEN_SHAPE: _publish(cache, "model", QWEN_SHAPE, _qwen_shape)}

@@ -102,7 +102,8 @@ CASES = [
     ("top_p above 1", "", ["generator.top_p=1.5"], ["generator.top_p", "(0, 1]"]),
     ("top_p zero", "", ["generator.top_p=0"], ["generator.top_p", "(0, 1]"]),
     ("negative temperature", "", ["generator.temperature=-0.5"], ["generator.temperature", ">= 0"]),
-    ("engine memory share", "", ["generator.gpu_memory_utilization=1.5"], ["gpu_memory_utilization", "(0, 1]"]),
+    ("removed engine memory share", "", ["generator.gpu_memory_utilization=0.5"],
+     ["generator.gpu_memory_utilization", "kv_cache_gib"]),
     ("toxicity threshold", "", ["safety.toxicity_threshold=2"], ["safety.toxicity_threshold", "[0, 1]"]),
     # Settings that cannot train, or cannot fit the model.
     ("one sample per prompt", SMOKE, ["round.samples_per_prompt=1"], ["samples_per_prompt", "cannot form a pair"]),

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from iterdpo.config.schema import ConfigError, load_config
+from iterdpo.config.schema import ConfigError
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow

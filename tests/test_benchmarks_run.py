@@ -25,6 +25,7 @@ RUNS = {
     "round_overhead": ["--quick"],
     "vs_trl": ["--quick"],  # TRL comes with the `test` extra
     "round_floor": ["--quick"],
+    "learner_memory": ["--quick"],
 }
 RATIO_LINES = {
     "generation": ["generation: actor/bare tokens/s", "generation: actor/hf tokens/s", "generation: bare/hf tokens/s"],
@@ -36,6 +37,8 @@ RATIO_LINES = {
     "vs_trl": ["vs_trl: iterdpo round/trl step time", "vs_trl: iterdpo round without evaluate/trl step time"],
     "round_floor": ["round_floor: round without evaluate/floor time",
                     "round_floor: whole round/(floor + evaluation floor) time"],
+    "learner_memory": ["learner_memory: chunked/full step added peak", "learner_memory: chunked/full scoring added peak",
+                       "learner_memory: chunked/full step peak"],
 }
 TARGETS = {
     "generation: actor/bare tokens/s": ">= 0.95",
@@ -46,6 +49,7 @@ TARGETS = {
     "round_floor: round without evaluate/floor time": "<= 1.3",
     "vs_trl: iterdpo round/trl step time": "<= 0.5",
     "vs_trl: iterdpo round without evaluate/trl step time": "<= 0.333",
+    "learner_memory: chunked/full step added peak": "<= 0.333",
 }
 
 

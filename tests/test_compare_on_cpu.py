@@ -7,7 +7,7 @@ import datasets
 import pytest
 
 from iterdpo.cli import main
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow

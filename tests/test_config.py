@@ -1,6 +1,8 @@
 import pytest
 
-from iterdpo.config.schema import Config, ConfigError, config_from_dict, load_config, round_settings
+from iterdpo.config.schema import Config, ConfigError
+from iterdpo.config.schedule import round_settings
+from iterdpo.config.loading import config_from_dict, load_config
 
 
 def test_defaults_are_one_typed_tree():
@@ -143,7 +145,7 @@ def test_replicas_are_positive_and_count_in_the_resources():
 
 
 def test_overrides_apply_to_a_config_object_too():
-    from iterdpo.config.schema import with_overrides
+    from iterdpo.config.loading import with_overrides
 
     cfg = with_overrides(config_from_dict({}), ["round.beta=0.3", "learner.lora.rank=4"])
     assert (cfg.round.beta, cfg.learner.lora.rank) == (0.3, 4)
@@ -204,10 +206,14 @@ def test_every_shipped_config_loads():
     assert load_config(root / "compare" / "auxdpo_lora4.yaml").learner.lora.rank == 4
 
 
-def test_half_precision_needs_a_half_precision_parity_tolerance():
-    """bf16 log-probs of the same weights differ by up to ~0.5 between two correct computations: the fp32 tolerance
-    would stop every run at its first parity check, so the config is refused before anything starts."""
+def test_half_precision_needs_the_half_precision_parity_bounds():
+    """bf16 log-probs of the same weights differ between two correct computations (99th percentile of the per-token
+    gaps up to 0.3, mean up to 0.05): the fp32 bounds would stop every run at its first parity check, so the config is
+    refused before anything starts, naming the bound."""
     for overrides in (["learner.bf16=true"], ["generator.dtype=bfloat16"], ["generator.dtype=float16"]):
-        with pytest.raises(ConfigError, match=r"sync.parity_tolerance: with .* expected at least 1 .*got 0.002"):
+        with pytest.raises(ConfigError, match=r"^sync.parity_tolerance: with .* expected at least 0.5 .*got 0.002$"):
             config_from_dict({}, overrides)
-        assert config_from_dict({}, overrides + ["sync.parity_tolerance=1.0"]).sync.parity_tolerance == 1.0
+        with pytest.raises(ConfigError, match=r"^sync.parity_mean_tolerance: with .* at least 0.1 .*got 0.002$"):
+            config_from_dict({}, overrides + ["sync.parity_tolerance=0.5"])
+        cfg = config_from_dict({}, overrides + ["sync.parity_tolerance=0.5", "sync.parity_mean_tolerance=0.1"])
+        assert (cfg.sync.parity_tolerance, cfg.sync.parity_mean_tolerance) == (0.5, 0.1)

@@ -4,7 +4,7 @@ faults.max_refused_steps the round is rolled back to its start weights and rejec
 import pytest
 import ray
 
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 from iterdpo.config.schedule import Round, Schedule
 

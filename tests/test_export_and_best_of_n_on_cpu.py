@@ -5,7 +5,7 @@ import torch
 
 from iterdpo.bestofn import best_of_n
 from iterdpo.cli import main
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 from iterdpo.data.weight_files import read_weights
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.core.errors import RunError
 from iterdpo.rounds.orchestrator import Orchestrator
 

@@ -52,7 +52,7 @@ def test_what_each_threshold_rejects_is_the_gates_own_boundary():
     """16 harmful prompts with max_refusal_drop=0.05: a drop from 16/16 to 12/16 is rejected (the check fires; it
     was reported as one that never could). 40 toxicity prompts with max_toxicity_rise=0.1: the first rise rejected
     from 0 of 40 is to 9 of 40, 22.5 points (it was reported as 10). `decide` agrees on both boundaries."""
-    from iterdpo.config.schema import config_from_dict
+    from iterdpo.config.loading import config_from_dict
 
     cfg = config_from_dict({}, ["safety.toxicity_prompts=40", "safety.harmful_prompts=16", "gate.max_toxicity_rise=0.1",
                                 "gate.max_refusal_drop=0.05"])
@@ -69,7 +69,7 @@ def test_what_each_threshold_rejects_is_the_gates_own_boundary():
 
 
 def test_a_threshold_its_suite_can_never_break_is_a_warning():
-    from iterdpo.config.schema import config_from_dict
+    from iterdpo.config.loading import config_from_dict
 
     cfg = config_from_dict({}, ["safety.harmful_prompts=4", "gate.max_refusal_drop=0.5"])
     assert rejected_from(cfg) == {"gate/rejected_from/max_refusal_drop": None}

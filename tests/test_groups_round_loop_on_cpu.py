@@ -8,7 +8,7 @@ import os
 import pytest
 import ray
 
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.core.seeds import SHARD_STRIDE
 from iterdpo.rounds.orchestrator import Orchestrator
 from iterdpo.core.records import Sampling
@@ -71,7 +71,7 @@ def test_prompts_are_sharded_and_gathered_in_order(group_run):
 
 def test_a_learner_dying_mid_training_rebuilds_the_group_and_the_run_matches(group_run, tmp_path):
     orchestrator = Orchestrator(load_config("configs/smoke.yaml", OVERRIDES), tmp_path / "run")
-    train = orchestrator.train
+    train = orchestrator.weights.train
 
     def exit_process(_actor) -> None:  # runs inside the actor (a nested function travels by value)
         os._exit(1)  # before the rank's training starts: rank 0 is left waiting in a collective
@@ -83,7 +83,7 @@ def test_a_learner_dying_mid_training_rebuilds_the_group_and_the_run_matches(gro
         return train(*args, **kwargs)
 
     killed: list = []
-    orchestrator.train = train_once_killed
+    orchestrator.weights.train = train_once_killed
     try:
         rows = orchestrator.run()
         assert orchestrator.groups.learners.actors[1] is not killed[0]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 from iterdpo.config.schedule import Round, Schedule
 from iterdpo.training.losses import LOSSES as DECLARED

@@ -330,8 +330,8 @@ def test_a_config_loads_without_torch_or_the_runtimes():
     import subprocess
     import sys
 
-    code = ("import sys, iterdpo.config.schema, iterdpo.config.schedule; "
-            "iterdpo.config.schema.load_config('configs/default.yaml', ['round.loss=auxdpo', 'round.epochs=2']); "
+    code = ("import sys, iterdpo.config.loading, iterdpo.config.schedule; "
+            "iterdpo.config.loading.load_config('configs/default.yaml', ['round.loss=auxdpo', 'round.epochs=2']); "
             "print(sorted(m for m in ('torch', 'ray', 'vllm', 'numpy', 'transformers', 'deepspeed') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

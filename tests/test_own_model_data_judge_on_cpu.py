@@ -10,7 +10,7 @@ import pytest
 
 import hub_standin
 import wandb_reader
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 
 pytestmark = pytest.mark.slow

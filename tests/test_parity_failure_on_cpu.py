@@ -4,7 +4,7 @@ import pytest
 import ray
 import torch
 
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.core.errors import ParityError
 from iterdpo.rounds.orchestrator import Orchestrator
 

@@ -199,6 +199,11 @@ def test_an_axis_does_not_magnify_a_change_below_a_tenth_of_the_values():
     honest_limits(ax, [Series("x", [1, 2], [1.0, 1.0001])])
     low, high = ax.get_ylim()
     assert high - low >= 0.1 and low < 1.0 and high > 1.0001
+    ax = Figure().subplots()  # a share in [0, 1]: one pair of 48 (0.021) is not a trend
+    ax.plot([1, 2, 3], [0.021, 0.0, 0.0])
+    honest_limits(ax, [Series("x", [1, 2, 3], [0.021, 0.0, 0.0])])
+    low, high = ax.get_ylim()
+    assert high - low >= 0.1 and -0.002 <= low <= 0.0 and high >= 0.021
     ax = Figure().subplots()
     ax.plot([1, 2], [1.0, 2.0])
     before = ax.get_ylim()

@@ -1,10 +1,11 @@
 """End to end through real Ray actors, a real vLLM engine and a real DeepSpeed learner on the tiny model."""
 
+import json
 import math
 
 import pytest
 
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import PHASES, Orchestrator
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_engine_serves_learner_weights_after_sync(smoke_run):
     tolerance = orchestrator.cfg.sync.parity_tolerance
     assert all(row["sync/parity_max_abs_diff"] <= tolerance for row in rows[1:])
     probe = [([5, 6, 7, 8], [9, 10, 11, 12, 13, 14])]
-    assert orchestrator.weights.check_parity(probe) <= tolerance
+    assert orchestrator.weights.check_parity(probe).max <= tolerance
 
 
 def test_round_folders_are_datasets(smoke_run):
@@ -69,13 +70,16 @@ def test_report_of_the_real_run(smoke_run, tmp_path):
     """`iterdpo report` on this run: every round in the table, and each plotted series at every round it has."""
     from test_report import _all_rounds_series, _check_plots
 
-    from iterdpo.rundir.report import main, read_rows
+    from iterdpo.rundir.report import main
+    from iterdpo.rundir.runs import read_rows
 
     _, _, run_dir = smoke_run
     assert main([str(run_dir), "--out", str(tmp_path)]) == 0
     rows = read_rows(run_dir / "metrics.jsonl")
     plots = _check_plots(tmp_path, rows)
     assert _all_rounds_series(plots, rows) >= 2 and _all_rounds_series(plots, rows[1:]) > 10
+    manifest = json.loads((run_dir / "round_001" / "manifest.json").read_text())
+    assert manifest["prompts_skipped"]["count"] == 0 and manifest["prompts_skipped"]["looked_at"] >= 8
     page = (tmp_path / "report.html").read_text()
     assert all(f"<tr><td>{row['round']}</td>" in page for row in rows)
 
@@ -113,7 +117,7 @@ def test_engine_log_probs_are_the_learners(smoke_run):
     pi0 = _token_gaps(orchestrator.groups.generators.score_pairs(pairs, orchestrator.weights.pi0_hash, orchestrator.weights.pi0), learner_pi0,
                       pairs)
     orchestrator.weights.push(orchestrator.weights.pushed)
-    assert orchestrator.weights.check_parity() <= tolerance  # the engines serve the policy again
+    assert orchestrator.weights.check_parity().max <= tolerance  # the engines serve the policy again
     assert 0 < max(sampled) <= tolerance and 0 < max(served) <= tolerance and 0 < max(pi0) <= tolerance
     # pi0 and the trained policy are told apart: their scores differ by far more than the tolerance
     assert max(abs(a - b) for a, b in zip(learner_now.chosen, learner_pi0.chosen)) > 100 * tolerance

@@ -3,7 +3,7 @@
 import pytest
 import ray
 
-from iterdpo.config.schema import load_config
+from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 from iterdpo.config.schedule import Round, Schedule
 

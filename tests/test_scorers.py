@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from iterdpo.scorers.robust import RobustScorer, ScorerError
 from iterdpo.scorers.safety import is_refusal, refusal_agreement
 from iterdpo.scorers.sentiment import review_classifier
 from iterdpo.config.scorers import ScorerSpec, spec_from_dict
-from iterdpo.scorers.reward_model import pick_device
+from iterdpo.core.devices import device_kind
 from iterdpo.scorers.sentiment import ReviewClassifier, _fit, _save, _split
 
 POSITIVE = "A wonderful, moving film with superb performances."
@@ -152,7 +153,7 @@ def _rm(folder, **options):
 
 def test_reward_model_scalar_logit_is_the_same_batched_or_alone(reward_models):
     scorer = _rm(reward_models / "scalar", batch_size=3)
-    assert scorer.device == pick_device() and scorer.input_format == "concat"
+    assert scorer.device == device_kind() and scorer.input_format == "concat"
     batched = scorer(PROMPTS, RESPONSES)
     alone = [scorer([p], [r])[0] for p, r in zip(PROMPTS, RESPONSES)]
     assert len(batched) == len(PROMPTS) and all(math.isfinite(v) for v in batched)
@@ -265,6 +266,62 @@ def test_robust_times_out_a_hanging_sample():
     batch = RobustScorer(Flaky(hang="HANG"), "slow", timeout_s=0.2, retries=0).score(["p"] * 3, ["a", "HANG", "cc"])
     assert batch.scores[0] == 1.0 and batch.scores[2] == 2.0 and math.isnan(batch.scores[1])
     assert time.perf_counter() - start < 0.9  # batch 0.2 s + the sample alone 0.2 s, not the 1 s hang
+
+
+class SlowEngine:
+    """A stand-in for a model scorer: `per_sample_s` a sample (the first call `first_call_s` in all), and a record of
+    how many calls ran at once."""
+
+    exclusive = True
+
+    def __init__(self, per_sample_s: float, first_call_s: float | None = None):
+        self.per_sample, self.first = per_sample_s, first_call_s
+        self.running, self.most_at_once, self.calls = 0, 0, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, prompts, responses):
+        with self.lock:
+            self.calls += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            first = self.calls == 1
+        time.sleep(self.first if first and self.first is not None else self.per_sample * len(responses))
+        with self.lock:
+            self.running -= 1
+        return [float(len(r)) for r in responses]
+
+
+def test_the_timeout_bounds_each_mini_batch_not_the_whole_batch():
+    """16 samples at 0.0375 s each: calls of 4 take 0.15 s, well within a 0.4 s timeout. One call of all 16 (no
+    mini-batches) takes 0.6 s and times out; its samples are then scored alone, after it ends."""
+    engine = SlowEngine(0.0375)
+    batch = RobustScorer(engine, "rm", timeout_s=0.4, retries=0, batch_size=4).score(["p"] * 16, ["ab"] * 16)
+    assert batch.scores == [2.0] * 16 and batch.failed_batch_calls == 0 and engine.calls == 4
+    engine = SlowEngine(0.0375)
+    whole = RobustScorer(engine, "rm", timeout_s=0.4, retries=0).score(["p"] * 16, ["ab"] * 16)
+    assert whole.failed_batch_calls == 1 and whole.scores == [2.0] * 16 and engine.most_at_once == 1
+
+
+def test_a_timed_out_call_is_never_run_twice_on_one_engine_at_once():
+    """The first call hangs 0.5 s past a 0.3 s timeout; the retry waits for it, then runs: one call at a time."""
+    engine = SlowEngine(0.005, first_call_s=0.5)
+    batch = RobustScorer(engine, "judge", timeout_s=0.3, retries=1, batch_size=8).score(["p"] * 8, ["abc"] * 8)
+    assert batch.scores == [3.0] * 8 and batch.failed_batch_calls == 1
+    assert engine.most_at_once == 1 and engine.calls == 2
+
+
+def test_an_engine_stuck_past_twice_its_timeout_is_one_line():
+    engine = SlowEngine(0.005, first_call_s=2.0)
+    with pytest.raises(ScorerError, match="scorer 'judge' is stuck: a call has run past twice its timeout"):
+        RobustScorer(engine, "judge", timeout_s=0.2, retries=1).score(["p"] * 2, ["a", "b"])
+    assert engine.most_at_once == 1
+
+
+def test_model_scorers_take_no_timeout_by_default():
+    assert spec_from_dict({"kind": "hf_reward_model", "options": {"path": "org/rm"}}).call_timeout_s is None
+    assert spec_from_dict({"kind": "llm_judge", "options": {"model": "org/judge"}}).call_timeout_s is None
+    assert spec_from_dict({"kind": "toxicity"}).call_timeout_s == 120.0
+    assert spec_from_dict({"kind": "llm_judge", "options": {"model": "o/j"}, "timeout_s": 30}).call_timeout_s == 30.0
 
 
 def test_robust_raises_one_line_error_when_the_scorer_is_broken():

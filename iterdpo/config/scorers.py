@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from iterdpo.core.errors import ConfigError
-from iterdpo.core.typed import Checked, Invalid, NonNegativeInt, PositiveFloat, PositiveInt, Range, build
+from iterdpo.core.typed import Checked, Invalid, NonNegativeInt, PositiveFloat, PositiveInt, build
 
 Scorer = Callable[[list[str], list[str]], list[float]]
 
@@ -52,9 +52,13 @@ class LLMJudgeOptions(Checked):
     chat: Literal["auto", "yes", "no"] = "auto"  # the rubric as a chat turn (auto: when the model has a template)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: PositiveInt = 2048
-    kv_cache_gib: PositiveFloat = 0.5  # the engine's KV cache on a CPU
-    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.4  # its share of the GPU on an accelerator
-    enforce_eager: bool = True
+    kv_cache_gib: PositiveFloat = 0.5  # the engine's KV cache, on a CPU or a GPU (per GPU: `iterdpo.core.engine`)
+    enforce_eager: bool | None = None  # None: eager on a CPU, CUDA graphs on a GPU
+    # GPUs the judge's engine spans (tensor parallelism); the judge actors then need that many whole GPUs each.
+    tensor_parallel_size: PositiveInt = 1
+
+    REMOVED: ClassVar[dict[str, str]] = {"gpu_memory_utilization": "vLLM ignores it once the KV cache is given: set "
+                                                                   "kv_cache_gib"}
 
     def validate(self) -> None:
         if not self.model:
@@ -120,6 +124,8 @@ OPTIONS: dict[str, type] = {
     "refusal": RefusalOptions,
 }
 KINDS = tuple(OPTIONS)
+MODEL_KINDS = ("hf_reward_model", "llm_judge")  # scorers that run a model on the judge's device
+DEFAULT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -128,12 +134,23 @@ class ScorerSpec(Checked):
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # the label in logs (judge/<name>/...); defaults to the kind
-    timeout_s: PositiveFloat | None = 120.0  # per call; None waits forever
-    retries: NonNegativeInt = 1  # extra batch attempts before samples are scored one by one
+    # Samples per scorer call: a judge's shard is scored in calls of this many, each bounded by timeout_s.
+    batch_size: PositiveInt = 64
+    # Per call; None waits forever; auto: none for a model (a reward model or an LLM judge takes what its batch
+    # takes), DEFAULT_TIMEOUT_S for anything else (user code that may hang).
+    timeout_s: PositiveFloat | None | Literal["auto"] = "auto"
+    retries: NonNegativeInt = 1  # extra attempts of a failed call before its samples are scored one by one
 
     @property
     def label(self) -> str:
         return self.name or self.kind
+
+    @property
+    def call_timeout_s(self) -> float | None:
+        """The timeout of each call, "auto" resolved."""
+        if self.timeout_s != "auto":
+            return self.timeout_s
+        return None if self.kind in MODEL_KINDS else DEFAULT_TIMEOUT_S
 
     def parsed_options(self) -> Any:
         return build(OPTIONS[self.kind], dict(self.options), f"{self.label}.options")

@@ -63,6 +63,11 @@ class Pair:
     rejected_safety: float = 1.0
 
 
+def pair_sequences(pairs: list[Pair]) -> list[tuple[list[int], list[int]]]:
+    """(prompt, response) of every chosen response, then of every rejected one: the order `PairLogps` keeps."""
+    return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+
+
 @dataclass
 class PairLogps:
     """Log-probs of a round's pairs under one set of weights, in pair order."""

@@ -206,7 +206,10 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     `validate()` checks are `ConfigError`s naming the field under `prefix`."""
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    removed = getattr(cls, "REMOVED", {})  # field name -> what to set instead
     for key in data:
+        if key in removed:
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: no longer a setting; {removed[key]}")
         if key not in names:
             raise unknown_key(key, names, prefix)
     kwargs = {name: convert(data[name], hints[name], f"{prefix}.{name}" if prefix else name)

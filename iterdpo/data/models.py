@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -131,6 +132,42 @@ def local_path(location: str) -> Path:
     (pi0 given by Hub id, on a node that has not fetched it yet)."""
     path = Path(location)
     return path if path.exists() else resolve_model(location)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A model's size as its config gives it, counted on the model built on the meta device (no memory, no weights)."""
+
+    params: int
+    largest_layer: int  # the most parameters one module holds itself (what DeepSpeed's ZeRO-3 gathers at once)
+    lora_per_rank: int  # parameters of a LoRA adapter of rank 1 on the `lora_targets` layers (times the rank: all)
+    hidden: int
+    layers: int
+    intermediate: int
+    vocab: int
+
+
+def model_size(folder: Path, kind: str = "causal", lora_targets: list[str] | str = "all-linear") -> ModelSize:
+    """The size of the `kind` model in `folder` (config.json alone is read); `lora_targets` as `learner.lora`
+    names them (layer names, or every linear layer but the head)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    build = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    with torch.device("meta"):
+        model = build.from_config(config, trust_remote_code=False)
+    unique = {id(p): p for p in model.parameters()}.values()  # a tied head counts once
+    largest = max(sum(p.numel() for p in module.parameters(recurse=False)) for module in model.modules())
+    head = model.get_output_embeddings() if kind == "causal" else None
+    linear = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head
+              and (lora_targets == "all-linear" or name.rsplit(".", 1)[-1] in lora_targets)]
+    text = getattr(config, "text_config", config)
+    return ModelSize(params=sum(p.numel() for p in unique), largest_layer=largest,
+                     lora_per_rank=sum(m.in_features + m.out_features for m in linear),
+                     hidden=text.hidden_size, layers=text.num_hidden_layers,
+                     intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+                     vocab=text.vocab_size)
 
 
 def positions(folder: Path) -> int | None:

@@ -18,7 +18,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from iterdpo.core.errors import ConfigError
 from iterdpo.data.hub import HubRef, snapshot
@@ -62,6 +62,34 @@ class PromptSplit:
     @property
     def conversations(self) -> bool:
         return any(prompt.messages is not None for prompt in self.train + self.eval)
+
+    def fitting(self, fits: Callable[[Prompt], bool], needed: int) -> tuple[PromptSplit, Skipped]:
+        """The split without the prompts that do not `fit` (too long for the context): held-out prompts are dropped;
+        training prompts are taken in order, past the ones that do not fit, until `needed` fit (the rounds' draws,
+        `for_round`, are then the same prompts as before wherever none was dropped). Returns what was dropped of
+        what was looked at."""
+        held_out = [prompt for prompt in self.eval if fits(prompt)]
+        train, looked = [], 0
+        for prompt in self.train:
+            if len(train) == needed:
+                break
+            looked += 1
+            if fits(prompt):
+                train.append(prompt)
+        skipped = Skipped(len(self.eval) - len(held_out) + looked - len(train), len(self.eval) + looked)
+        return PromptSplit(train=tuple(train), eval=tuple(held_out)), skipped
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Prompts left out of a run for leaving no room for a response, of those looked at."""
+
+    count: int
+    looked_at: int
+
+    @property
+    def share(self) -> float:
+        return self.count / self.looked_at if self.looked_at else 0.0
 
 
 def load_prompts(cfg: PromptSource, seed: int) -> PromptSplit:

@@ -24,11 +24,12 @@ from actors.generator import Generator
 from actors.judge import Judge
 from actors.learner import Learner, Rank
 from iterdpo.config.schema import Config, GeneratorConfig, JudgeConfig, LearnerConfig, ModelConfig, RoundConfig
-from iterdpo.rounds.pairs import pair_sequences
-from iterdpo.core.records import Message, Pair, PairLogps, Prompt, Sample, Sampling, TrainResult
+from iterdpo.core.records import (Message, Pair, PairLogps, Prompt, Sample, Sampling, TrainResult,
+                                  pair_sequences)
 from iterdpo.scorers.combine import JudgeResult
 from iterdpo.core.ports import free_port
 from iterdpo.core.seeds import shard_seed
+from iterdpo.core.engine import engine_env
 from iterdpo.core.errors import RunError
 from iterdpo.core.sharding import shard_bounds
 
@@ -41,16 +42,26 @@ class GroupError(RuntimeError):
     """The ranks of a learner group disagree: their weights are no longer one model."""
 
 
+def with_env(options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Ray `options` with `env` added to their runtime environment's variables."""
+    runtime_env = options.get("runtime_env", {})
+    return {**options, "runtime_env": {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}), **env}}}
+
+
 class GeneratorGroup:
     def __init__(self, actors: list[Any]) -> None:
         self.actors = actors
 
+    @staticmethod
+    def actor_options(cfg: GeneratorConfig, options: dict[str, Any]) -> dict[str, Any]:
+        """Each engine's Ray options: its resources, and its process's threads and engine mode (`iterdpo.core.
+        engine`) on top of every actor's environment."""
+        env = {"OMP_NUM_THREADS": str(cfg.torch_threads), **engine_env(cfg.tensor_parallel_size)}
+        return {**with_env(options, env), "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+
     @classmethod
     def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any]) -> GeneratorGroup:
-        runtime_env = options.get("runtime_env", {})
-        env = {**runtime_env.get("env_vars", {}), "OMP_NUM_THREADS": str(cfg.torch_threads)}
-        options = {**options, "runtime_env": {**runtime_env, "env_vars": env}}
-        remote = ray.remote(Generator).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **options)
+        remote = ray.remote(Generator).options(**cls.actor_options(cfg, options))
         return cls([remote.remote(model, cfg, seed) for _ in range(cfg.replicas)])
 
     @property
@@ -105,9 +116,17 @@ class JudgeGroup:
     def __init__(self, actors: list[Any]) -> None:
         self.actors = actors
 
+    @staticmethod
+    def actor_options(cfg: JudgeConfig, options: dict[str, Any]) -> dict[str, Any]:
+        """Each judge's Ray options; an LLM judge spanning several GPUs runs its engine's workers in processes of
+        their own (`iterdpo.core.engine`)."""
+        spans = max((spec.parsed_options().tensor_parallel_size for spec in cfg.scorers if spec.kind == "llm_judge"),
+                    default=1)
+        return {**with_env(options, engine_env(spans)), "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+
     @classmethod
     def create(cls, cfg: JudgeConfig, options: dict[str, Any]) -> JudgeGroup:
-        remote = ray.remote(Judge).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **options)
+        remote = ray.remote(Judge).options(**cls.actor_options(cfg, options))
         return cls([remote.remote(cfg) for _ in range(cfg.replicas)])
 
     @property
@@ -139,23 +158,35 @@ class LearnerGroup:
         self.cfg = cfg
         self.placement = placement
 
-    @classmethod
-    def create(cls, model: ModelConfig, cfg: LearnerConfig, seed: int, options: dict[str, Any]) -> LearnerGroup:
-        """One learner as always, or `cfg.replicas` ranks of one process group. Ray does not restart a group's
-        ranks (a new process cannot rejoin a running group); the orchestrator rebuilds the whole group instead."""
-        remote = ray.remote(Learner)
+    @staticmethod
+    def rank_options(cfg: LearnerConfig, options: dict[str, Any]
+                     ) -> tuple[list[dict[str, Any]], PlacementGroup | None, tuple[str, int] | None]:
+        """Each rank's Ray options (its resources, and where it runs), the placement group that holds the ranks and
+        the group's rendezvous (rank 0's node address and a free port there); a lone learner has neither. Ray does
+        not restart a group's ranks (a new process cannot rejoin a running group): the orchestrator rebuilds the
+        whole group instead."""
         resources = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
         if cfg.replicas == 1:
-            return cls([remote.options(**resources, **options).remote(model, cfg, seed)], cfg)
+            return [{**options, **resources}], None, None
         placement = _placement(cfg)
         first = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0) if placement else "DEFAULT"
         address, port, node = ray.get(_rendezvous.options(scheduling_strategy=first).remote())
         strategies = ([PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i)
                        for i in range(cfg.replicas)] if placement else
                       [NodeAffinitySchedulingStrategy(node, soft=False)] * cfg.replicas)
-        actors = [remote.options(**resources, **{**options, "max_restarts": 0}, scheduling_strategy=strategy)
-                  .remote(model, cfg, seed, Rank(i, cfg.replicas, address, port))
-                  for i, strategy in enumerate(strategies)]
+        ranks = [{**options, "max_restarts": 0, **resources, "scheduling_strategy": strategy}
+                 for strategy in strategies]
+        return ranks, placement, (address, port)
+
+    @classmethod
+    def create(cls, model: ModelConfig, cfg: LearnerConfig, seed: int, options: dict[str, Any]) -> LearnerGroup:
+        """One learner as always, or `cfg.replicas` ranks of one process group (`rank_options`)."""
+        ranks, placement, rendezvous = cls.rank_options(cfg, options)
+        remote = ray.remote(Learner)
+        if rendezvous is None:
+            return cls([remote.options(**ranks[0]).remote(model, cfg, seed)], cfg)
+        actors = [remote.options(**rank).remote(model, cfg, seed, Rank(i, cfg.replicas, *rendezvous))
+                  for i, rank in enumerate(ranks)]
         return cls(actors, cfg, placement)
 
     @property
@@ -234,12 +265,21 @@ class ActorGroups:
     """The run's three groups: engines, judges and learners, started from the config, and each actor by name."""
 
     def __init__(self, cfg: Config, options: dict[str, Any]) -> None:
-        """`options` are every actor's Ray options (its runtime environment, its restarts)."""
+        """`options` are every actor's Ray options (its runtime environment, its restarts). A group that holds GPUs
+        starts once the group before it has started: an engine profiles its GPU while it starts, and another actor
+        allocating on that GPU meanwhile would skew it (or trip vLLM's check). Groups on CPUs start together."""
         self.cfg, self.options = cfg, options
         self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options)
+        self._started_if_on_gpus("generator", self.generators.actors, cfg.generator.num_gpus)
         self.judges = JudgeGroup.create(cfg.judge, options)
+        self._started_if_on_gpus("judge", self.judges.actors, cfg.judge.num_gpus)
         self.learners = LearnerGroup.create(cfg.model, cfg.learner, cfg.run.seed, options)
         wait_until_started(self.named())
+
+    @staticmethod
+    def _started_if_on_gpus(role: str, actors: list[Any], num_gpus: float) -> None:
+        if num_gpus > 0:
+            wait_until_started({f"{role}[{i}]": actor for i, actor in enumerate(actors)})
 
     def named(self) -> dict[str, Any]:
         """Every actor by name: the role, with the member's index in a group of more than one ("generator[1]")."""

@@ -9,6 +9,7 @@ the `Supervisor`, which restores actors that die and redoes the phase. Whatever 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,7 +20,8 @@ from typing import Any
 import ray
 
 from iterdpo.config.schedule import Schedule
-from iterdpo.config.schema import Config, RoundConfig, check_resources
+from iterdpo.config.schema import Config, RoundConfig
+from iterdpo.config.loading import check_resources
 from iterdpo.core.atomic import atomic_write_text
 from iterdpo.core.records import Sample
 from iterdpo.core.seeds import eval_seed, round_seed
@@ -50,7 +52,10 @@ class Orchestrator:
         self.cfg = cfg = plan.cfg
         self.run_dir, self.files = run_dir, RunDir(run_dir)
         self.schedule = schedule or Schedule.from_config(cfg)
-        self.prompts, self.safety_prompts = plan.prompts, plan.safety_prompts
+        self.prompts, self.safety_prompts, self.skipped = plan.prompts, plan.safety_prompts, plan.skipped
+        if plan.skipped.count:
+            log.info("prompts: %d of the %d looked at skipped, too long for generator.max_model_len - max_new_tokens",
+                     plan.skipped.count, plan.skipped.looked_at)
         init_ray(cfg.run.num_cpus)
         check_resources(cfg, ray.cluster_resources(), "the Ray cluster's {have}")
         # Ray restarts a dead actor with its constructor's arguments; the supervisor has its state put back.
@@ -91,7 +96,8 @@ class Orchestrator:
         """One round, phase by phase; returns its metrics row."""
         settings = self.schedule.settings(self.cfg, index, self.metrics.rows)
         seed = round_seed(self.cfg.run.seed, index)
-        manifest = RoundManifest(self.files.manifest(index), index, settings, seed, self.cfg.to_dict())
+        manifest = RoundManifest(self.files.manifest(index), index, settings, seed, self.cfg.to_dict(),
+                                 prompts_skipped=dataclasses.asdict(self.skipped))
         self.supervisor.new_round()
         start_hash, start = self.weights.policy_hash, time.perf_counter()
         with Phases(self.supervisor, manifest, index, len(PHASES)) as phase:
@@ -128,7 +134,7 @@ class Orchestrator:
         # the engines' pi0 held to the learner's before round 1 takes its reference from them
         parity = self.supervisor.run("sync_weights", self.weights.check_parity)
         self.metrics.append({"round": 0, **evaluation.metrics, **rejected_from(self.cfg, evaluation.metrics),
-                             **timer.times, "sync/parity_max_abs_diff": parity})
+                             **timer.times, **parity.metrics()})
         log.info("round 0 (initial policy): eval/reward_mean=%.4f safety/refusal_rate=%.3f safety/toxicity_rate=%.3f",
                  evaluation.metrics["eval/reward_mean"], evaluation.metrics["safety/refusal_rate"],
                  evaluation.metrics["safety/toxicity_rate"])

@@ -111,8 +111,3 @@ def sampled_logps(pairs: list[Pair], samples: list[Sample], weights_hash: str) -
     parity check proves, to within sync.parity_tolerance per token)."""
     return PairLogps.from_tokens([samples[p.chosen_index].logprobs for p in pairs],
                                  [samples[p.rejected_index].logprobs for p in pairs], weights_hash)
-
-
-def pair_sequences(pairs: list[Pair]) -> list[tuple[list[int], list[int]]]:
-    """(prompt, response) of every chosen response, then of every rejected one: the order `PairLogps` keeps."""
-    return [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]

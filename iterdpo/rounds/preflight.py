@@ -14,10 +14,13 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from iterdpo.config.schema import Config, actor_resources, check_resources, round_settings
-from iterdpo.data.prompts import BUILTIN_REVIEWS, PromptSplit, load_prompts, prompt_length
+from iterdpo.config.schema import Config
+from iterdpo.config.schedule import round_settings
+from iterdpo.config.loading import actor_resources, check_resources
+from iterdpo.data.prompts import BUILTIN_REVIEWS, PromptSplit, Skipped, load_prompts, prompt_length
 from iterdpo.core.errors import ConfigError
 from iterdpo.evaluation.gate import describe_thresholds
+from iterdpo.rounds.gpu_plan import GpuPlan, plan_gpus
 from iterdpo.evaluation.heldout import SafetyPrompts
 from iterdpo.data.models import fits, pin_model, resolve_model
 from iterdpo.core.records import Prompt
@@ -34,6 +37,7 @@ class Plan:
     prompts: PromptSplit
     safety_prompts: SafetyPrompts
     facts: list[tuple[str, str]]  # what `iterdpo check` prints, in order
+    skipped: Skipped  # prompts left out for leaving no room for a response
 
 
 def preflight(cfg: Config) -> Plan:
@@ -49,26 +53,48 @@ def preflight(cfg: Config) -> Plan:
         raise ConfigError(f"data.prompt_field: the prompts are conversations, but the policy '{model}' has no chat "
                           "template to render them")
     fits("generator.max_model_len", cfg.generator.max_model_len, resolve_model(model, weights=False), model)
-    longest = _check_prompt_lengths(cfg, prompts, safety_prompts, tokenizer)
+    prompts, skipped, longest = _fit_prompts(cfg, prompts, safety_prompts, tokenizer)
     scorers = [check_scorer(spec) for spec in cfg.judge.scorers]
     pinned = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=model),
                                  judge=dataclasses.replace(cfg.judge, scorers=[spec for spec, _ in scorers]))
     available, where = _resources(cfg)
     check_resources(cfg, available, where + "'s {have}")
     wanted = actor_resources(cfg)
+    gpus = _gpu_plan(pinned, int(available.get("GPU", 0))) if wanted["GPU"] else None
     facts = [
         ("model", f"{model} ({_architecture(model)}, {'chat template' if template else 'no chat template'})"),
-        ("prompts", _describe_prompts(cfg, prompts, longest)),
+        ("prompts", _describe_prompts(cfg, prompts, longest, skipped)),
         *((f"judge: {spec.label}", f"weight {spec.weight:g}, {text}") for spec, text in scorers),
         ("judges", f"{cfg.judge.replicas} x ({cfg.judge.num_cpus:g} CPU, {cfg.judge.num_gpus:g} GPU), each with "
                    "every scorer; the first also scores safety"),
         ("resources", f"the actors ask for {wanted['CPU']:g} CPU and {wanted['GPU']:g} GPU; {where} has "
                       f"{available.get('CPU', 0):g} CPU and {available.get('GPU', 0):g} GPU"),
+        *(gpus.lines() if gpus else []),
         ("trackers", ", ".join(cfg.run.trackers) + " (and metrics.jsonl)"),
         ("gate", _describe_gate(cfg)),
         ("plan", _describe_rounds(cfg, prompts, safety_prompts)),
     ]
-    return Plan(pinned, prompts, safety_prompts, facts)
+    return Plan(pinned, prompts, safety_prompts, facts, skipped)
+
+
+def _gpu_plan(cfg: Config, gpu_count: int) -> GpuPlan:
+    """What each GPU would hold (`iterdpo.rounds.gpu_plan`), checked against `run.gpu_memory_gib` (or this machine's
+    first GPU); the models' configs are read from this node's copies."""
+    locations = [(cfg.model.path, "causal")]
+    for spec in cfg.judge.scorers:
+        if spec.kind == "hf_reward_model":
+            locations.append((spec.parsed_options().path, "classifier"))
+        elif spec.kind == "llm_judge":
+            locations.append((spec.parsed_options().model, "causal"))
+    folders = {location: resolve_model(location, kind=kind, weights=False) for location, kind in locations}
+    capacity = cfg.run.gpu_memory_gib
+    if capacity is None:
+        import torch
+
+        capacity = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+    plan = plan_gpus(cfg, gpu_count, capacity, folders)
+    plan.check()
+    return plan
 
 
 def _tokenizer(model: str, trust_remote_code: bool):
@@ -84,18 +110,25 @@ def _architecture(model: str) -> str:
     return (config.get("architectures") or ["unknown architecture"])[0]
 
 
-def _check_prompt_lengths(cfg: Config, prompts: PromptSplit, safety: SafetyPrompts, tokenizer) -> int:
-    """Every prompt a run will use, as the engine sees it, leaves room for its response; returns the longest
-    training or held-out prompt."""
-    rounds = range(cfg.run.rounds)
-    used = list(prompts.eval) + [p for i in rounds for p in prompts.for_round(i, cfg.data.prompts_per_round)]
-    unique = list({id(prompt): prompt for prompt in used}.values())
+def _fit_prompts(cfg: Config, prompts: PromptSplit, safety: SafetyPrompts, tokenizer
+                 ) -> tuple[PromptSplit, Skipped, int]:
+    """The prompts a run uses, as the engine sees them, without those that leave no room for a response (skipped and
+    counted; more than `data.max_skipped_share` of them is an error); every safety prompt must fit. Returns the split,
+    what was skipped and the longest prompt kept."""
     limit = cfg.generator.max_model_len - cfg.generator.max_new_tokens
-    lengths = [prompt_length(tokenizer, prompt) for prompt in unique]
-    for prompt, length in zip(unique, lengths):
-        if length > limit:
-            raise ConfigError(f"data.prompts: a prompt has {length} tokens, more than generator.max_model_len - "
-                              f"generator.max_new_tokens = {limit}: {prompt.text[:60]!r}")
+    lengths: list[int] = []
+
+    def leaves_room(prompt: Prompt) -> bool:
+        lengths.append(prompt_length(tokenizer, prompt))
+        return lengths[-1] <= limit
+
+    fitting, skipped = prompts.fitting(leaves_room, cfg.run.rounds * cfg.data.prompts_per_round)
+    if skipped.share > cfg.data.max_skipped_share or not fitting.train or not fitting.eval:
+        raise ConfigError(f"data.prompts: {skipped.count} of the {skipped.looked_at} prompts looked at "
+                          f"({skipped.share:.1%}) leave no room for generator.max_new_tokens="
+                          f"{cfg.generator.max_new_tokens} within generator.max_model_len="
+                          f"{cfg.generator.max_model_len} (the longest has {max(lengths)} tokens), more than "
+                          f"data.max_skipped_share={cfg.data.max_skipped_share:g} allows")
     suite = [(text, True) for text in safety.harmful + safety.benign] + [(text, False) for text in safety.toxicity]
     room = cfg.generator.max_model_len - cfg.safety.max_new_tokens
     for text, chat in suite:
@@ -104,7 +137,7 @@ def _check_prompt_lengths(cfg: Config, prompts: PromptSplit, safety: SafetyPromp
             raise ConfigError(f"safety.max_new_tokens: a safety prompt has {length} tokens and leaves less than "
                               f"{cfg.safety.max_new_tokens} of generator.max_model_len={cfg.generator.max_model_len}: "
                               f"{text[:60]!r}")
-    return max(lengths, default=0)
+    return fitting, skipped, max((length for length in lengths if length <= limit), default=0)
 
 
 def _resources(cfg: Config) -> tuple[dict[str, float], str]:
@@ -123,14 +156,15 @@ def _resources(cfg: Config) -> tuple[dict[str, float], str]:
     return {"CPU": cpus, "GPU": float(torch.cuda.device_count())}, "this node"
 
 
-def _describe_prompts(cfg: Config, prompts: PromptSplit, longest: int) -> str:
+def _describe_prompts(cfg: Config, prompts: PromptSplit, longest: int, skipped: Skipped) -> str:
     kind = "conversations" if prompts.conversations else "text"
     held_out = f"split '{cfg.data.eval_split}'" if cfg.data.eval_split else "the same split"
     plain = cfg.data.prompts == BUILTIN_REVIEWS or cfg.data.prompts.endswith(".txt")
     where = kind if plain else f"split '{cfg.data.split}', column '{cfg.data.prompt_field}', {kind}"
+    dropped = (f"; {skipped.count} of {skipped.looked_at} looked at skipped: too long" if skipped.count else "")
     return (f"{cfg.data.prompts} ({where}): {len(prompts.train)} training prompts, {len(prompts.eval)} held out "
             f"from {held_out}; longest {longest} tokens of "
-            f"{cfg.generator.max_model_len - cfg.generator.max_new_tokens} allowed")
+            f"{cfg.generator.max_model_len - cfg.generator.max_new_tokens} allowed{dropped}")
 
 
 def _describe_gate(cfg: Config) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from iterdpo.config.schema import RoundConfig
 from iterdpo.evaluation.drift import drift_metrics, falling_streak
+from iterdpo.evaluation.parity import ParityStats
 from iterdpo.evaluation.heldout import Evaluation, reward_metrics
 from iterdpo.evaluation.intervals import paired_change, win
 from iterdpo.rounds.pairs import PairSet
@@ -38,7 +39,7 @@ class RoundOutputs:
     pair_set: PairSet
     reference: Reference
     trained: TrainResult
-    parity: float
+    parity: ParityStats
     evaluation: Evaluation
 
 
@@ -57,7 +58,7 @@ def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: 
         "pairs/below_margin": pairs.below_margin,
         "pairs/unscored": pairs.unscored,
         "pairs/safety_reordered": pairs.safety_reordered,
-        "sync/parity_max_abs_diff": out.parity,
+        **out.parity.metrics(),
         "reference/source": reference.source,
         "reference/weights_hash": reference.scores.weights_hash,
         "policy/start_hash": start_hash,

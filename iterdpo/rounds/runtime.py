@@ -17,10 +17,14 @@ def actor_env() -> dict[str, str]:
     """Environment variables for the actors' processes (merged into any job-level runtime env)."""
     cache = cache_dir()
     env = {
-        # In-process engine: weights are reloaded in place from tensors, and no processes escape Ray.
+        # In-process engines (one device each): weights are reloaded in place from tensors, and no processes escape
+        # Ray. An engine over several GPUs overrides it (`iterdpo.core.engine.engine_env`).
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
         "TOKENIZERS_PARALLELISM": "false",
+        # An actor that asked for no GPU sees none (CUDA_VISIBLE_DEVICES=""): Ray 2.60 no longer hides them by
+        # itself, and a "CPU" actor would land on cuda:0, outside Ray's accounting (`iterdpo.core.devices`).
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1",
         # A state dict crosses the object store as its tensors' bytes, read in place on the other side (a weight
         # push: one copy into the store, one into the engine).
         "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",

@@ -5,7 +5,7 @@ engines and the run directory. The orchestrator keeps the round's phases; what t
 - **train** the round on the learner (a diverged round goes back to its start weights), remembering how to train it
   again should the learner die before the round is over;
 - **push** the learner's weights into every engine and prove it with the **parity check**: every engine's per-token
-  log-probs of the probe sequences held to the learner's, within `sync.parity_tolerance`;
+  log-probs of the probe sequences held to the learner's (`iterdpo.evaluation.parity`);
 - **score under pi0**: pi0 loaded into the engines for a pass, then the pushed weights back, proven again (or the
   learner scores, with `sync.score_on_engine` false); and the round's **reference** scores;
 - **restore** an actor that holds only what its constructor built (a restart), a rejected round's weights, or
@@ -29,6 +29,7 @@ from iterdpo.config.schema import Config, RoundConfig
 from iterdpo.core.errors import ParityError, RunError
 from iterdpo.core.records import PairLogps, Sample, TrainResult
 from iterdpo.data.weight_files import check_weight_files
+from iterdpo.evaluation.parity import ParityStats, parity_stats
 from iterdpo.rounds.groups import ActorGroups
 from iterdpo.rounds.pairs import PairSet, sampled_logps
 from iterdpo.rounds.rows import Reference
@@ -122,9 +123,9 @@ class PolicyWeights:
 
     # -- the engines -------------------------------------------------------------------------------------------
 
-    def sync(self, samples: list[Sample]) -> float:
+    def sync(self, samples: list[Sample]) -> ParityStats:
         """Pushes the learner's weights into the engines, then proves each engine serves them (on a probe of the
-        round's samples); returns the parity check's largest difference."""
+        round's samples)."""
         self.push(self.groups.learners.export_weights())
         self.probe = probe_of([(s.prompt_ids, s.response_ids) for s in samples], self.cfg.sync.probe_sequences)
         return self.check_parity()
@@ -133,22 +134,19 @@ class PolicyWeights:
         self.groups.generators.load_weights(weights)
         self.pushed = weights  # what the engines go back to after serving pi0 for a while
 
-    def check_parity(self, probe: list[Sequence] | None = None) -> float:
-        """The largest difference between any engine's log-probs of `probe` (default: the run's probe) and the
-        learner's. The engines score, then the learner: on a CPU two computing at once slow each other down."""
+    def check_parity(self, probe: list[Sequence] | None = None) -> ParityStats:
+        """How far every engine's log-probs of `probe` (default: the run's probe) are from the learner's
+        (`iterdpo.evaluation.parity`); a `ParityError` past the config's bounds. The engines score, then the learner:
+        on a CPU two computing at once slow each other down."""
         probe = self.probe if probe is None else probe
         served = ray.get(self.groups.generators.logprobs(probe))
         learners = self.groups.learners
-        computed = learners.results([learners.logprobs(probe)])[0]
-        diff = max((abs(a - b) for engine in served for e, l in zip(engine, computed) for a, b in zip(e, l)),
-                   default=0.0)
-        if not diff <= self.cfg.sync.parity_tolerance:
-            raise ParityError(
-                f"weight sync parity check failed: engine and learner log-probs differ by up to {diff:.3g} "
-                f"(sync.parity_tolerance={self.cfg.sync.parity_tolerance:g}); the engine is not serving the "
-                "learner's weights"
-            )
-        return diff
+        stats = parity_stats(served, learners.results([learners.logprobs(probe)])[0])
+        broken = stats.broken(self.cfg.sync.parity_tolerance, self.cfg.sync.parity_mean_tolerance)
+        if broken:
+            raise ParityError(f"weight sync parity check failed over {stats.tokens} probe tokens: {'; '.join(broken)} "
+                              f"(largest gap {stats.max:.3g}); the engine is not serving the learner's weights")
+        return stats
 
     def under_pi0(self, sequences: list[Sequence]) -> Callable[[], list[list[float]]]:
         """Starts scoring `sequences` under pi0 and returns what waits for the scores. The learner starts at once
@@ -169,9 +167,9 @@ class PolicyWeights:
 
     # -- the run's state -----------------------------------------------------------------------------------------
 
-    def restore(self, role: str) -> float | None:
+    def restore(self, role: str) -> ParityStats | None:
         """Puts the run's weights back into `role`'s actors (module docstring); for the engines, returns the parity
-        check's largest difference (None before the run has a probe)."""
+        check's statistics (None before the run has a probe)."""
         if role == "learner":
             restored = self.groups.learners.load_weights(self.accepted)
             if restored != self.policy_hash:
@@ -202,7 +200,7 @@ class PolicyWeights:
         self.restore("learner")
         parity = self.restore("generator")
         return {"gate/restored_hash": self.policy_hash, "gate/restored_from": self.accepted,
-                "sync/rollback_parity_max_abs_diff": parity}
+                **(parity.metrics("sync/rollback_parity") if parity else {})}
 
     def resume(self, rows: list[dict[str, Any]], initial: list[Sequence]) -> None:
         """The state of a run whose metrics end with `rows`: the last accepted round's weights in the learner and

@@ -24,7 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
-from iterdpo.config.schema import Config, config_from_dict
+from iterdpo.config.schema import Config
+from iterdpo.config.loading import config_from_dict
 from iterdpo.core.errors import ConfigError
 
 _ROUND = re.compile(r"round_(\d+)")

@@ -116,7 +116,8 @@ def package_versions() -> dict[str, str]:
 class RoundManifest:
     """`round_NNN/manifest.json`: what a round ran with and how far it got, rewritten atomically after each phase."""
 
-    def __init__(self, path: Path, index: int, settings: Any, seed: int, config: dict[str, Any]) -> None:
+    def __init__(self, path: Path, index: int, settings: Any, seed: int, config: dict[str, Any], **facts: Any) -> None:
+        """`facts`: more of what the round ran with (the prompts skipped for length, ...)."""
         self.path = path
         self.data: dict[str, Any] = {
             "round": index,
@@ -124,6 +125,7 @@ class RoundManifest:
             "settings": dataclasses.asdict(settings),
             "seed": seed,
             "packages": package_versions(),
+            **facts,
             "phases_done": [],
             "finished": False,
         }

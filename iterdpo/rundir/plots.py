@@ -11,9 +11,11 @@ from typing import Any
 from iterdpo.core.atomic import atomic_write
 from iterdpo.rundir.runs import Report, Series
 
-# A panel's y-axis spans at least this share of its largest value's size, so a change smaller than that (a parity
-# gap of 1e-6 against one of 2e-6, a time that jitters by a percent) does not fill the panel.
+# A panel's y-axis spans at least this share of its largest value's size, so a change smaller than that (a time that
+# jitters by a percent) does not fill the panel; and a panel of values within [0, 1] (rates, shares, probabilities)
+# spans at least MIN_UNIT_SPAN of that range, so that one pair of 48 (0.02) is not drawn as a trend.
 MIN_SPAN_SHARE = 0.1
+MIN_UNIT_SPAN = 0.1
 
 
 def error_bars(values: list[float], low: list[float], high: list[float]) -> list[list[float]]:
@@ -34,16 +36,20 @@ def draw(ax: Any, xs: list, ys: list, low: list | None, high: list | None, label
 
 
 def honest_limits(ax: Any, series: list[Series]) -> None:
-    """Widens the y-axis to at least `MIN_SPAN_SHARE` of the largest value's size around the data (intervals
-    included): what the data span otherwise, matplotlib shows as is."""
+    """Widens the y-axis around the data (intervals included) to at least `MIN_SPAN_SHARE` of the largest value's
+    size, or `MIN_UNIT_SPAN` for values within [0, 1] (kept within [0, 1] where it can be): what the data span
+    otherwise, matplotlib shows as is."""
     values = [v for s in series for v in s.y + (s.low or []) + (s.high or []) if math.isfinite(v)]
     if not values:
         return
     low, high = min(values), max(values)
-    floor = MIN_SPAN_SHARE * max(abs(low), abs(high))
+    unit = 0.0 <= low and high <= 1.0
+    floor = max(MIN_SPAN_SHARE * max(abs(low), abs(high)), MIN_UNIT_SPAN if unit else 0.0)
     if high - low < floor:
-        middle = (low + high) / 2
-        ax.set_ylim(middle - 0.55 * floor, middle + 0.55 * floor)
+        bottom = (low + high) / 2 - 0.55 * floor
+        if unit:
+            bottom = min(max(bottom, -0.01 * floor), 1.0 - 1.1 * floor)
+        ax.set_ylim(bottom, bottom + 1.1 * floor)
 
 
 def plot_rounds(report: Report, panels: list[list[Series]], path: Path, title: str) -> dict[str, Any]:

@@ -68,8 +68,8 @@ def build_scorer(spec: ScorerSpec) -> Scorer:
 
 
 def robust_scorer(spec: ScorerSpec) -> RobustScorer:
-    """A spec's scorer wrapped in `RobustScorer` with its timeout and retries."""
-    return RobustScorer(build_scorer(spec), spec.label, spec.timeout_s, spec.retries)
+    """A spec's scorer wrapped in `RobustScorer` with its mini-batches, their timeout and retries."""
+    return RobustScorer(build_scorer(spec), spec.label, spec.call_timeout_s, spec.retries, batch_size=spec.batch_size)
 
 
 def build_judge(specs: Sequence[ScorerSpec]) -> WeightedJudge:

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from iterdpo.core.engine import start_engine
 from iterdpo.core.errors import ConfigError
 from iterdpo.data.models import resolve_model
 from iterdpo.core.records import Message
@@ -99,18 +100,14 @@ class RatingPrompts:
 
 class LLMJudgeScorer:
     takes_conversations = True
+    exclusive = True  # one engine: never two calls at once (`iterdpo.scorers.robust`)
 
     def __init__(self, options: Any) -> None:
-        import torch
-        from vllm import LLM
-
         folder = resolve_model(options.model, f"{FIELD}.model")
         self.prompts = RatingPrompts(folder, options.template, options.ratings, options.chat)
-        on_gpu = torch.cuda.is_available()
-        self.llm = LLM(model=str(folder), dtype=options.dtype, enforce_eager=options.enforce_eager,
-                       max_model_len=options.max_model_len, seed=0, trust_remote_code=False,
-                       kv_cache_memory_bytes=None if on_gpu else int(options.kv_cache_gib * 2**30),
-                       gpu_memory_utilization=options.gpu_memory_utilization)
+        self.llm = start_engine(folder, dtype=options.dtype, max_model_len=options.max_model_len,
+                                kv_cache_gib=options.kv_cache_gib, enforce_eager=options.enforce_eager,
+                                tensor_parallel_size=options.tensor_parallel_size, seed=0, trust_remote_code=False)
 
     def __call__(self, prompts: list[str], responses: list[str],
                  conversations: list[list[Message]] | None = None) -> list[float]:

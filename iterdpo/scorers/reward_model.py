@@ -4,18 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from iterdpo.core.devices import device_kind
 from iterdpo.core.errors import ConfigError
 from iterdpo.data.models import resolve_model
 from iterdpo.core.records import Message
 
 FIELD = "hf_reward_model.path"
-
-
-def pick_device() -> str:
-    """The accelerator this process was given (Ray hands an actor only its own GPUs), else the CPU."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def label_index(config: Any, label: int | str | None) -> int | None:
@@ -45,6 +39,7 @@ class HFRewardModelScorer:
     """
 
     takes_conversations = True
+    exclusive = True  # one model on one device: never two calls at once (`iterdpo.scorers.robust`)
 
     def __init__(self, path: str, label: int | str | None = None, batch_size: int = 8, max_length: int = 512,
                  input_format: str = "auto", device: str = "auto") -> None:
@@ -52,7 +47,7 @@ class HFRewardModelScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         folder = resolve_model(path, FIELD, kind="classifier")
-        self.device = pick_device() if device == "auto" else device
+        self.device = device_kind() if device == "auto" else device  # the GPUs Ray gave this actor
         self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         dtype = torch.float32 if self.device == "cpu" else "auto"
         self.model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=False, dtype=dtype)

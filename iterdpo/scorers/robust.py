@@ -1,15 +1,18 @@
 """A wrapper that keeps one bad sample or one flaky call from failing a whole judge step.
 
-The rule, in order:
-1. The scorer is called on the whole batch. If that call raises or runs past ``timeout_s``, the batch call is retried,
-   up to ``retries`` more times.
-2. If every batch attempt failed, each sample is scored alone (same timeout): a sample whose call raises or times
-   out gets NaN. If more than ``max_drop_fraction`` of the batch fails this way the scorer is treated as broken and
-   `ScorerError` is raised at that point (this also bounds the time a scorer that hangs on everything can take).
+The samples are scored in calls of ``batch_size`` (the mini-batches), and for each call, in order:
+1. If the call raises or runs past ``timeout_s`` (a bound on one mini-batch, whatever the whole batch's size), it is
+   retried, up to ``retries`` more times.
+2. If every attempt failed, each of its samples is scored alone (same timeout): a sample whose call raises or times
+   out gets NaN. If more than ``max_drop_fraction`` of the mini-batch fails this way the scorer is treated as broken
+   and `ScorerError` is raised at that point (this also bounds the time a scorer that hangs on everything can take).
 3. Any value that is not a finite number (NaN, inf, None, text) becomes NaN. Every NaN counts as a dropped sample.
 4. An output of the wrong length is a bug in the scorer, not a bad sample: `ScorerError` at once, no retry.
 
-A timed-out call cannot be killed: it keeps running in a daemon thread and its result is ignored.
+A timed-out call cannot be killed: it runs on in a daemon thread and its result is ignored. A scorer that holds one
+model (`exclusive`: a reward model, an LLM judge's engine) is never called again while such a call runs (two
+`generate` calls on one engine at once): the next call waits for it first, up to ``timeout_s`` more, and a scorer
+still busy then is stuck (`ScorerError`). Model scorers take no timeout by default (`ScorerSpec.call_timeout_s`).
 
 A scorer whose `takes_conversations` attribute is true also gets each prompt's conversation (the keyword argument
 `conversations`: lists of {role, content} messages; a plain prompt is one user turn).
@@ -59,28 +62,38 @@ def _one_line(err: BaseException) -> str:
 
 class RobustScorer:
     def __init__(self, scorer: Scorer, name: str, timeout_s: float | None = 120.0, retries: int = 1,
-                 max_drop_fraction: float = 0.5) -> None:
+                 max_drop_fraction: float = 0.5, batch_size: int | None = None) -> None:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"scorer '{name}': timeout_s must be > 0 or None, got {timeout_s}")
         if retries < 0:
             raise ValueError(f"scorer '{name}': retries must be >= 0, got {retries}")
         self.scorer, self.name = scorer, name
         self.timeout_s, self.retries, self.max_drop_fraction = timeout_s, retries, max_drop_fraction
+        self.batch_size = batch_size
+        self._busy: threading.Thread | None = None  # a call that timed out and may still be running
 
     def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None = None
               ) -> ScoredBatch:
         if len(prompts) != len(responses):
             raise ValueError(f"scorer '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
-        if not responses:
-            return ScoredBatch([], 0)
         if conversations is None:
             conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+        step = self.batch_size or max(1, len(responses))
+        parts = [self._score_batch(prompts[i : i + step], responses[i : i + step], conversations[i : i + step])
+                 for i in range(0, len(responses), step)]
+        return ScoredBatch([value for part in parts for value in part.scores],
+                           sum(part.failed_batch_calls for part in parts))
+
+    def _score_batch(self, prompts: list[str], responses: list[str], conversations: list[list[Message]]
+                     ) -> ScoredBatch:
         last_error: BaseException | None = None
         for attempt in range(self.retries + 1):
             try:
                 return ScoredBatch(self._call(prompts, responses, conversations), failed_batch_calls=attempt)
             except _WrongLength as err:
                 raise ScorerError(str(err)) from None
+            except ScorerError:
+                raise
             except Exception as err:  # noqa: BLE001 - any failure of user code is retried, then isolated
                 last_error = err
         return ScoredBatch(self._isolate(prompts, responses, conversations, last_error),
@@ -95,6 +108,8 @@ class RobustScorer:
                 scores += self._call([prompt], [response], [conversation])
             except _WrongLength as err:
                 raise ScorerError(str(err)) from None
+            except ScorerError:
+                raise
             except Exception as err:  # noqa: BLE001
                 failures += 1
                 scores.append(math.nan)
@@ -118,6 +133,7 @@ class RobustScorer:
 
     def _run_with_timeout(self, prompts: list[str], responses: list[str], conversations: list[list[Message]]) -> Any:
         extra = {"conversations": conversations} if getattr(self.scorer, "takes_conversations", False) else {}
+        self._wait_until_free()
         if self.timeout_s is None:
             return self.scorer(prompts, responses, **extra)
         outcome: dict[str, Any] = {}
@@ -132,7 +148,19 @@ class RobustScorer:
         thread.start()
         thread.join(self.timeout_s)
         if thread.is_alive():
+            self._busy = thread
             raise TimeoutError(f"scorer '{self.name}' took longer than {self.timeout_s:g} s")
         if "error" in outcome:
             raise outcome["error"]
         return outcome["value"]
+
+    def _wait_until_free(self) -> None:
+        """A call that timed out earlier must be over before an exclusive scorer (its engine, its model) is called
+        again."""
+        if self._busy is None or not getattr(self.scorer, "exclusive", False):
+            return
+        self._busy.join(self.timeout_s)
+        if self._busy.is_alive():
+            raise ScorerError(f"scorer '{self.name}' is stuck: a call has run past twice its timeout "
+                              f"({self.timeout_s:g} s) and it cannot be called again meanwhile")
+        self._busy = None
