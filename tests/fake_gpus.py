@@ -9,6 +9,7 @@ give that actor (resources, placement, environment: `GeneratorGroup.actor_option
 sees and the device the run's code would pick (`iterdpo.core.devices`)."""
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -46,7 +47,8 @@ def main() -> int:
     import ray
 
     command, gpus, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    ray.init(num_cpus=8, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
+    # This node's own start-up lines stay off the console: the CLI's output is what the tests read.
+    ray.init(num_cpus=8, num_gpus=gpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              _temp_dir=tempfile.mkdtemp(prefix="fake-gpus-"))
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # the CLI joins this node
     try:

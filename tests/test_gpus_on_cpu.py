@@ -66,13 +66,13 @@ STAND_INS = [f"model.path={hub_standin.QWEN_SHAPE}", f"data.prompts={hub_standin
 def test_check_prints_what_each_gpu_would_hold(hub):
     """single_gpu.yaml on one fake GPU of 80 GiB: the policy is Qwen2.5-0.5B's shape. The learner (bf16, ZeRO 0,
     AdamW) holds 2 bytes of weight, 6 of gradients and 12 of optimizer states per parameter; the engine its bf16
-    weights and its 1 GiB KV cache."""
+    weights and its 8 GiB KV cache (kv_cache_gib)."""
     done = _fake("check", "1", "configs/examples/single_gpu.yaml", *STAND_INS, "run.gpu_memory_gib=80")
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.strip().startswith("GPU 0")]
     assert re.search(r"GPU 0 +\d+\.\d GiB of 80: generator\[0\] weights \(bfloat16\) ", line), line
     assert f"generator[0] weights (bfloat16) {2 * QWEN_PARAMS / GIB:.2f}" in line
-    assert "generator[0] KV cache 1.00" in line
+    assert "generator[0] KV cache 8.00" in line
     assert f"learner[0] weights {2 * QWEN_PARAMS / GIB:.2f}" in line
     assert f"learner[0] gradients {6 * QWEN_PARAMS / GIB:.2f}" in line
     assert f"learner[0] optimizer states {12 * QWEN_PARAMS / GIB:.2f}" in line
@@ -84,4 +84,6 @@ def test_a_config_that_cannot_fit_one_gpu_is_one_line_naming_the_largest_item(hu
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert lines[0].startswith("iterdpo: error: GPU memory: GPU 0 would hold ")
-    assert f"the largest item is learner[0] optimizer states ({12 * QWEN_PARAMS / GIB:.1f} GiB)" in lines[0]
+    assert "the largest item is generator[0] KV cache (8.0 GiB)" in lines[0]
+    held = float(re.search(r"would hold ([\d.]+) GiB, more than its 12 \(run.gpu_memory_gib\)", lines[0]).group(1))
+    assert held > 12

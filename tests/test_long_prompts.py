@@ -21,8 +21,8 @@ def _plan(tmp_path, lines: list[str], **data):
 
 def test_long_prompts_are_skipped_and_counted(tmp_path):
     """40 short prompts and 2 long ones, shuffled into held-out and training prompts: a long held-out prompt is
-    dropped; training prompts are drawn in order past the long ones until the 2 rounds' 8 are found. What was
-    skipped is counted against what was looked at, and `iterdpo check` says so."""
+    dropped; training prompts are drawn in order past the long ones until the 2 rounds' 8 are found (the pool's
+    rest stays, unread). What was skipped is counted against what was looked at, and `iterdpo check` says so."""
     from iterdpo.data.prompts import load_prompts
 
     short = [f"short prompt number {i}" for i in range(40)]
@@ -35,8 +35,8 @@ def test_long_prompts_are_skipped_and_counted(tmp_path):
             break
         scanned.append(prompt)
     assert list(plan.prompts.eval) == expected_eval
-    assert list(plan.prompts.train) == [p for p in scanned if p.text.startswith("short")]
-    assert len(plan.prompts.train) == 8
+    kept = [p for p in scanned if p.text.startswith("short")]
+    assert len(kept) == 8 and list(plan.prompts.train) == kept + list(unfiltered.train[len(scanned):])
     long_seen = [p for p in list(unfiltered.eval) + scanned if not p.text.startswith("short")]
     assert (plan.skipped.count, plan.skipped.looked_at) == (len(long_seen), len(unfiltered.eval) + len(scanned))
     (prompts_fact,) = [text for name, text in plan.facts if name == "prompts"]

@@ -65,9 +65,9 @@ class PromptSplit:
 
     def fitting(self, fits: Callable[[Prompt], bool], needed: int) -> tuple[PromptSplit, Skipped]:
         """The split without the prompts that do not `fit` (too long for the context): held-out prompts are dropped;
-        training prompts are taken in order, past the ones that do not fit, until `needed` fit (the rounds' draws,
-        `for_round`, are then the same prompts as before wherever none was dropped). Returns what was dropped of
-        what was looked at."""
+        training prompts are looked at in order, the ones that do not fit dropped, until `needed` fit: the rounds'
+        draws (`for_round`, `needed` of them) are then the same prompts as before wherever none was dropped, and the
+        pool's rest, which no round reaches, is kept unread. Returns what was dropped of what was looked at."""
         held_out = [prompt for prompt in self.eval if fits(prompt)]
         train, looked = [], 0
         for prompt in self.train:
@@ -77,7 +77,7 @@ class PromptSplit:
             if fits(prompt):
                 train.append(prompt)
         skipped = Skipped(len(self.eval) - len(held_out) + looked - len(train), len(self.eval) + looked)
-        return PromptSplit(train=tuple(train), eval=tuple(held_out)), skipped
+        return PromptSplit(train=tuple(train) + self.train[looked:], eval=tuple(held_out)), skipped
 
 
 @dataclass(frozen=True)
