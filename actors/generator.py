@@ -101,8 +101,11 @@ class Generator:
             state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
         if in_process():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
-        else:
-            self.llm.collective_rpc("load_weight_bytes", args=(safetensors_bytes(dict(state)),))
+        else:  # safetensors stores no tensor twice: a tied head goes as its own copy
+            seen: set[int] = set()
+            alone = {name: tensor.clone() if tensor.data_ptr() in seen or seen.add(tensor.data_ptr()) else tensor
+                     for name, tensor in state.items()}
+            self.llm.collective_rpc("load_weight_bytes", args=(safetensors_bytes(alone),))
         self.llm.reset_prefix_cache()
 
     def load_weights_file(self, path: str) -> None:

@@ -28,7 +28,7 @@ import sys
 
 from _bench import header, paired_ratio, print_table, ratio_line, read_status_gib, reset_peak_rss
 
-STEP_TARGET = ("<=", 1 / 3)
+STEP_TARGET = ("<=", 0.333)
 QWEN2_5_0_5B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                     num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True)
 SMALL = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

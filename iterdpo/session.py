@@ -72,15 +72,26 @@ def run_rounds(cfg: Config, run_dir: Path, schedule: Schedule | None = None, fre
                     return orchestrator.run()
                 finally:
                     orchestrator.shutdown()
-        except (RunError, RayError) as err:
-            raise RunFailed(one_line(err, run_dir, started)) from err
-        except OSError as err:
-            if storage_error(err) is None:
-                raise
-            raise RunFailed(one_line(err, run_dir, started)) from err
+        except Exception as err:
+            stop = _interruption(err)
+            if stop is not None:  # a signal that landed inside a C extension comes back wrapped (a SystemError)
+                raise stop from None
+            if isinstance(err, (RunError, RayError)) or storage_error(err) is not None:
+                raise RunFailed(one_line(err, run_dir, started)) from err
+            raise
         finally:
             if started_ray and ray.is_initialized():
                 ray.shutdown()  # the local node this run started goes with it (a cluster it joined stays)
+
+
+def _interruption(err: BaseException) -> Interrupted | None:
+    """The stop signal behind `err`, where its chain of causes holds one."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, Interrupted):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class Interrupted(BaseException):

@@ -52,8 +52,10 @@ def test_a_judge_that_fails_a_whole_batch_stops_the_round_with_a_clear_error(ray
     assert (failure.value.actor, failure.value.phase) == ("judge", "evaluate") and "\n" not in str(failure.value)
 
 
-def test_prompts_longer_than_the_context_are_refused(ray_session, tmp_path):
+def test_prompts_longer_than_the_context_are_refused_when_too_many(ray_session, tmp_path):
+    """Every prompt too long for the context: past data.max_skipped_share, refused before any actor starts (a few
+    long ones among many are skipped and counted: tests/test_long_prompts.py)."""
     prompts = tmp_path / "long.txt"
     prompts.write_text("\n".join(f"prompt {i} " + "word " * 400 for i in range(10)))
-    with pytest.raises(ConfigError, match=r"data.prompts: a prompt has \d+ tokens, more than"):
+    with pytest.raises(ConfigError, match=r"data.prompts: \d+ of the \d+ prompts looked at \(100.0%\) leave no room"):
         _run(tmp_path, f"data.prompts={prompts}")

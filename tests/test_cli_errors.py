@@ -74,3 +74,22 @@ def test_a_failing_actor_is_one_line_and_its_traceback_goes_to_the_run_directory
     assert "Traceback" in details and "judge backend unavailable" in details
     assert list((run_dir / "logs" / "ray").glob("worker-*.err"))  # the actors' own output, from Ray's session
     assert "run directory" in (run_dir / "logs" / "iterdpo.log").read_text()
+
+
+def test_a_signal_that_lands_inside_a_c_extension_still_stops_the_run_as_a_signal():
+    """Ray's C code reports a stop signal raised while it builds a Python object as a SystemError whose context is
+    the signal's `Interrupted`: the run path finds it there, so the run stops as it does for any signal (128 +
+    signal, resumable) instead of failing with a traceback."""
+    import signal
+
+    from iterdpo.session import Interrupted, _interruption
+
+    try:
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted:
+            raise SystemError("<built-in method __new__> returned a result with an exception set")
+    except SystemError as err:
+        wrapped = err
+    assert _interruption(wrapped).signum == signal.SIGTERM
+    assert _interruption(ValueError("no signal here")) is None

@@ -24,7 +24,7 @@ def _train(checkpointing: bool, tmp_path) -> tuple[list[float], dict, bool]:
     learner = ray.remote(Learner).options(num_cpus=1, runtime_env={"env_vars": actor_env()}).remote(
         ModelConfig(path="builtin:tiny-qwen2"), cfg, 0)
     try:
-        enabled = ray.get(learner.__ray_call__.remote(lambda actor: actor.engine.module.is_gradient_checkpointing))
+        enabled = ray.get(learner.__ray_call__.remote(lambda actor: actor.policy.is_gradient_checkpointing))
         pairs = _pairs()
         reference = ray.get(learner.reference_logprobs.remote(pairs))
         result = ray.get(learner.train.remote(pairs, reference, RoundConfig(learning_rate=1e-3, epochs=2), 0, 0))

@@ -51,7 +51,7 @@ def _parameters(learner: Learner) -> dict:
     inner = learner.optimizer
     while hasattr(inner, "optimizer"):
         inner = inner.optimizer
-    module = learner.engine.module
+    module = learner.policy
     return {
         "trainable": [name for name, p in module.named_parameters() if p.requires_grad],
         "frozen_with_grad": [name for name, p in module.named_parameters()
@@ -67,7 +67,7 @@ def _peft_merge(learner: Learner) -> dict[str, torch.Tensor]:
     """peft's own merge of the training module, on a deep copy of it."""
     import copy
 
-    merged = copy.deepcopy(learner.engine.module).merge_and_unload()
+    merged = copy.deepcopy(learner.policy).merge_and_unload()
     return {name: tensor.clone() for name, tensor in merged.state_dict().items()}
 
 

@@ -60,4 +60,4 @@ def test_reference_modes(family_run):
     assert rows["rdpo"]["reference/weights_hash"] not in (pi0, rows["rdpo"]["policy/start_hash"])
     assert rows["auxdpo"]["reference/source"] == "policy@round_001_start"
     for row in family_run[2:]:
-        assert "drift/chosen_vs_pi0" in row and "kl/ref_to_policy_k3" in row
+        assert "drift/chosen_vs_pi0" in row and "kl/sampler_to_policy_k3" in row
