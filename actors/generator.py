@@ -102,9 +102,10 @@ class Generator:
         if in_process():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
         else:  # safetensors stores no tensor twice: a tied head goes as its own copy
-            seen: set[int] = set()
-            alone = {name: tensor.clone() if tensor.data_ptr() in seen or seen.add(tensor.data_ptr()) else tensor
-                     for name, tensor in state.items()}
+            alone: dict[str, torch.Tensor] = {}
+            for name, tensor in state.items():
+                shared = any(tensor.data_ptr() == other.data_ptr() for other in alone.values())
+                alone[name] = tensor.clone() if shared else tensor
             self.llm.collective_rpc("load_weight_bytes", args=(safetensors_bytes(alone),))
         self.llm.reset_prefix_cache()
 
