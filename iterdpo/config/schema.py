@@ -35,7 +35,7 @@ class ModelConfig(Checked):
 @dataclass(frozen=True)
 class DataConfig(Checked):
     # "builtin:rotten-tomatoes" (review prefixes), a .txt file (one prompt per line), a .parquet/.csv/.json/.jsonl/
-    # .arrow file, a data-set folder (save_to_disk or data files), or a Hub data set id (see iterdpo/data.py).
+    # .arrow file, a data-set folder (save_to_disk or data files), or a Hub data set id (see iterdpo/data/prompts.py).
     prompts: str = "builtin:rotten-tomatoes"
     # The column holding each prompt: text, or a conversation (a list of {role, content} messages).
     prompt_field: str = "prompt"
@@ -95,7 +95,7 @@ def _default_scorers() -> list[ScorerSpec]:
 
 @dataclass(frozen=True)
 class JudgeConfig(Checked):
-    # Weighted scorers (see iterdpo/scorers/specs.py for kinds and options); the reward is their weighted sum.
+    # Weighted scorers (see iterdpo/config/scorers.py for kinds and options); the reward is their weighted sum.
     scorers: list[ScorerSpec] = field(default_factory=_default_scorers)
     # Annotates each training sample's safety (1 - P(toxic)) for safety-aware losses such as safedpo.
     annotate_safety: bool = True
@@ -240,7 +240,7 @@ class GateConfig(Checked):
 
     Drops and rises are in absolute rate points (0.1 = 10 points), against round 0 or the last accepted round.
     A negative limit demands an improvement of at least that much. A threshold is broken only when the harm is
-    beyond it with `confidence` (the one-sided lower bound of the drop or rise, see iterdpo/gate.py).
+    beyond it with `confidence` (the one-sided lower bound of the drop or rise, see iterdpo/evaluation/gate.py).
     """
 
     max_refusal_drop: float | None = None
@@ -268,7 +268,7 @@ class RunConfig(Checked):
     # None: the first GPU of the machine the run starts on, where it has one.
     gpu_memory_gib: PositiveFloat | None = None
     # Where the per-round metrics go besides metrics.jsonl: TensorBoard, Weights & Biases, MLflow (the last two are
-    # optional installs: pip install 'iterdpo[trackers]'; see iterdpo/trackers.py).
+    # optional installs: pip install 'iterdpo[trackers]'; see iterdpo/rundir/trackers.py).
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
     project: str = "iterdpo"  # the W&B project / MLflow experiment
 
