@@ -12,26 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from cli_runs import ROOT, cli, comparable, rows
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+
 # Phases long enough to be interrupted in (generation about a second, training a few steps).
 ARGS = ["configs/smoke.yaml", "run.rounds=2", "data.prompts_per_round=16", "generator.max_new_tokens=48"]
-# Volatile by nature: wall times and throughput.
-SKIP = ("time/", "throughput/")
-
-
-def _cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "iterdpo", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _comparable(row: dict) -> dict:
-    return {key: value for key, value in row.items() if not key.startswith(SKIP) and key != "gate/restored_from"}
 
 
 def _phases(run_dir: Path, index: int) -> list[str] | None:
@@ -65,30 +52,30 @@ KILL_POINTS = {
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("whole") / "run"
-    process = _cli("run", *ARGS, "--run-dir", str(run_dir))
+    process = cli("run", *ARGS, "--run-dir", str(run_dir))
     assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
-    return _rows(run_dir)
+    return rows(run_dir)
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_resume_after_sigkill_matches_an_uninterrupted_run(uninterrupted, tmp_path, point):
     run_dir = tmp_path / "run"
-    process = _cli("run", *ARGS, "--run-dir", str(run_dir))
+    process = cli("run", *ARGS, "--run-dir", str(run_dir))
     _wait_for(process, KILL_POINTS[point], run_dir)
     process.send_signal(signal.SIGSTOP)  # frozen at the kill point, still holding the directory
-    second = _cli("resume", str(run_dir))  # the directory is in use: refused, naming the holder
+    second = cli("resume", str(run_dir))  # the directory is in use: refused, naming the holder
     assert second.wait(timeout=120) == 2
     refusal = [line for line in second.stderr.read().splitlines() if line.strip()]
     assert len(refusal) == 1 and f"is in use by pid {process.pid}" in refusal[0], refusal
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert len(_rows(run_dir)) < len(uninterrupted)
+    assert len(rows(run_dir)) < len(uninterrupted)
 
-    resumed = _cli("resume", str(run_dir))
+    resumed = cli("resume", str(run_dir))
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
-    rows = _rows(run_dir)
-    assert [_comparable(row) for row in rows] == [_comparable(row) for row in uninterrupted]
-    assert rows[-1]["policy/end_hash"] == uninterrupted[-1]["policy/end_hash"]  # the final weights, bit for bit
+    finished = rows(run_dir)
+    assert [comparable(row) for row in finished] == [comparable(row) for row in uninterrupted]
+    assert finished[-1]["policy/end_hash"] == uninterrupted[-1]["policy/end_hash"]  # the final weights, bit for bit
 
 
 SIGNAL_POINTS = {
@@ -128,9 +115,9 @@ def test_a_signal_stops_the_run_cleanly_and_resume_matches(uninterrupted, tmp_pa
         assert phase not in _phases(run_dir, index)
         assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
-    resumed = _cli("resume", str(run_dir))
+    resumed = cli("resume", str(run_dir))
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
-    assert [_comparable(row) for row in _rows(run_dir)] == [_comparable(row) for row in uninterrupted]
+    assert [comparable(row) for row in rows(run_dir)] == [comparable(row) for row in uninterrupted]
 
 
 STORAGE = r"""
@@ -167,8 +154,8 @@ def test_a_disk_that_fills_ends_the_run_with_one_line_and_resume_goes_on(uninter
     last = [line for line in first.splitlines() if line.strip()][-1]
     assert "No space left on device" in last and "the finished rounds are kept" in last and "iterdpo resume" in last, last
     kept = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
-    assert [_comparable(row) for row in kept] == [_comparable(row) for row in uninterrupted[: len(kept)]]
+    assert [comparable(row) for row in kept] == [comparable(row) for row in uninterrupted[: len(kept)]]
     assert len(kept) >= 2  # no finished round was lost
     assert (tmp_path / "resume.code").read_text().strip() == "0", (tmp_path / "resume.err").read_text()[-3000:]
     final = [json.loads(line) for line in (tmp_path / "final.jsonl").read_text().splitlines()]
-    assert [_comparable(row) for row in final] == [_comparable(row) for row in uninterrupted]
+    assert [comparable(row) for row in final] == [comparable(row) for row in uninterrupted]

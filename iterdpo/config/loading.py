@@ -56,6 +56,19 @@ def _check_across_sections(cfg: Config) -> None:
         check_resources(cfg, {"CPU": cfg.run.num_cpus, "GPU": math.inf}, "run.num_cpus={have}")
     for index in range(len(cfg.schedule) + 1):
         warn_ineffective(round_settings(cfg, cfg.schedule, index), f"schedule[{index - 1}]" if index else "round")
+    _check_pairwise_plans(cfg)
+
+
+def _check_pairwise_plans(cfg: Config) -> None:
+    """A pairwise judge's comparisons must connect each prompt's responses, or the Bradley-Terry scores of the parts
+    are not comparable: at least n - 1 pairs for n responses (or 0, all of them)."""
+    counts = {round_settings(cfg, cfg.schedule, index).samples_per_prompt for index in range(len(cfg.schedule) + 1)}
+    most = max(counts | {cfg.generator.eval_samples_per_prompt})
+    for i, spec in enumerate(cfg.judge.scorers):
+        limit = spec.parsed_options().max_comparisons if spec.kind == "pairwise_judge" else 0
+        if 0 < limit < most - 1:
+            raise ConfigError(f"judge.scorers[{i}].options.max_comparisons: {limit} pairs cannot connect the {most} "
+                              f"responses of a prompt; expected 0 (all pairs) or at least {most - 1}")
 
 
 # -- loading -----------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from iterdpo.core.errors import ConfigError
 from iterdpo.core.records import Sampling
 from iterdpo.data.safety_prompts import HARMFUL_SOURCES
 from iterdpo.training.losses import LOSSES, LossParams
-from iterdpo.config.scorers import ScorerSpec
+from iterdpo.config.scorers import ScorerSpec, engine_options
 from iterdpo.core.typed import (Checked, Fraction, Invalid, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
                            Probability, Range, Share, build, did_you_mean)
 
@@ -108,8 +108,8 @@ class JudgeConfig(Checked):
     def validate(self) -> None:
         if not self.scorers:
             raise Invalid("scorers", "expected at least one scorer, e.g. [{kind: sentiment}]")
-        spans = [(i, spec.parsed_options().tensor_parallel_size) for i, spec in enumerate(self.scorers)
-                 if spec.kind == "llm_judge"]
+        spans = [(i, engine_options(spec).tensor_parallel_size) for i, spec in enumerate(self.scorers)
+                 if engine_options(spec)]
         check_gpus(self.num_gpus, *max(((tp, f"scorers[{i}].options.tensor_parallel_size") for i, tp in spans),
                                        default=(1, "")))
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iterdpo.config.schema import Config, LearnerConfig
+from iterdpo.config.scorers import engine_options
 from iterdpo.core.errors import ConfigError
 from iterdpo.data.models import ModelSize, model_size
 from iterdpo.training.sequences import CHUNK_TOKENS
@@ -155,7 +156,7 @@ def _judges(cfg: Config, folder_of: dict[str, Path]) -> list[Actor]:
         items = []
         for spec in cfg.judge.scorers:
             owner, options = f"judge[{i}] {spec.label}", spec.parsed_options()
-            if spec.kind == "llm_judge":
+            if engine_options(spec):
                 size = model_size(folder_of[options.model])
                 items += _engine_items(owner, size, options.dtype, options.kv_cache_gib, options.tensor_parallel_size,
                                        2)

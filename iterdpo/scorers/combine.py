@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from iterdpo.core.records import Message
@@ -18,6 +18,15 @@ def combine_scores(score_lists: Sequence[Sequence[float]], weights: Sequence[flo
     if len(lengths) != 1:
         raise ValueError(f"score lists of different lengths {sorted(lengths)}")
     return [math.fsum(w * s for w, s in zip(weights, column)) for column in zip(*score_lists)]
+
+
+def comparison_rates(counts: dict[str, float]) -> dict[str, float]:
+    """A pairwise judge's round: the share of its compared pairs whose verdict flips with the order (position bias)
+    and the share of its fully compared triples whose verdicts form a cycle (NaN where nothing was counted)."""
+    def share(part: str, whole: str) -> float:
+        return counts[part] / counts[whole] if counts.get(whole) else math.nan
+
+    return {"position_bias": share("flipped", "comparisons"), "intransitive": share("cyclic", "triples")}
 
 
 def _sign(value: float) -> int:
@@ -48,6 +57,7 @@ class JudgeResult:
     dropped: dict[str, int]  # samples each scorer dropped in this call
     failed_batch_calls: dict[str, int]  # batch attempts that raised or timed out, by scorer
     weights: dict[str, float]
+    counts: dict[str, dict[str, float]] = field(default_factory=dict)  # a scorer's own counts (pairwise judges)
 
     def agreement(self, pairs: Sequence[tuple[int, int]]) -> float:
         """`judge_agreement` of the components, each turned by its weight's sign so higher always means better
@@ -68,6 +78,8 @@ class JudgeResult:
             failed_batch_calls={name: sum(part.failed_batch_calls[name] for part in parts)
                                 for name in first.failed_batch_calls},
             weights=dict(first.weights),
+            counts={name: {key: math.fsum(part.counts[name][key] for part in parts) for key in first.counts[name]}
+                    for name in first.counts},
         )
 
     def metrics(self, prefix: str = "judge") -> dict[str, float]:
@@ -75,6 +87,8 @@ class JudgeResult:
         for name in self.components:
             out[f"{prefix}/{name}/dropped"] = float(self.dropped[name])
             out[f"{prefix}/{name}/failed_batch_calls"] = float(self.failed_batch_calls[name])
+        for name, counts in self.counts.items():
+            out.update({f"{prefix}/{name}/{key}": value for key, value in comparison_rates(counts).items()})
         return out
 
 
@@ -99,4 +113,5 @@ class WeightedJudge:
             dropped={name: batch.dropped for name, batch in batches.items()},
             failed_batch_calls={name: batch.failed_batch_calls for name, batch in batches.items()},
             weights={scorer.name: weight for scorer, weight in self.members},
+            counts={name: batch.counts for name, batch in batches.items() if batch.counts},
         )

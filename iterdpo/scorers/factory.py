@@ -7,8 +7,9 @@ from typing import Any, Callable, Sequence
 
 from iterdpo.scorers.combine import WeightedJudge
 from iterdpo.scorers.robust import RobustScorer
-from iterdpo.config.scorers import (FunctionOptions, HFRewardModelOptions, LLMJudgeOptions, RefusalOptions, Scorer,
-                                   ScorerSpec, SentimentOptions, ToxicityOptions, VaderOptions, function_scorer)
+from iterdpo.config.scorers import (FunctionOptions, HFRewardModelOptions, LLMJudgeOptions, OpenAIJudgeOptions,
+                                   PairwiseJudgeOptions, RefusalOptions, RemoteRewardModelOptions, Scorer, ScorerSpec,
+                                   SentimentOptions, ToxicityOptions, VaderOptions, function_scorer)
 
 
 def _hf_reward_model(o: HFRewardModelOptions) -> Scorer:
@@ -21,6 +22,24 @@ def _llm_judge(o: LLMJudgeOptions) -> Scorer:
     from iterdpo.scorers.llm_judge import LLMJudgeScorer
 
     return LLMJudgeScorer(o)
+
+
+def _openai_judge(o: OpenAIJudgeOptions) -> Scorer:
+    from iterdpo.scorers.remote import OpenAIJudgeScorer
+
+    return OpenAIJudgeScorer(o)
+
+
+def _remote_reward_model(o: RemoteRewardModelOptions) -> Scorer:
+    from iterdpo.scorers.remote import RemoteRewardModelScorer
+
+    return RemoteRewardModelScorer(o)
+
+
+def _pairwise_judge(o: PairwiseJudgeOptions) -> Scorer:
+    from iterdpo.scorers.pairwise import PairwiseJudgeScorer
+
+    return PairwiseJudgeScorer(o)
 
 
 def _function(o: FunctionOptions) -> Scorer:
@@ -54,6 +73,9 @@ def _refusal(o: RefusalOptions) -> Scorer:
 BUILDERS: dict[str, Callable[[Any], Scorer]] = {
     "hf_reward_model": _hf_reward_model,
     "llm_judge": _llm_judge,
+    "openai_judge": _openai_judge,
+    "remote_reward_model": _remote_reward_model,
+    "pairwise_judge": _pairwise_judge,
     "function": _function,
     "sentiment": _sentiment,
     "vader": _vader,

@@ -15,17 +15,21 @@ model (`exclusive`: a reward model, an LLM judge's engine) is never called again
 still busy then is stuck (`ScorerError`). Model scorers take no timeout by default (`ScorerSpec.call_timeout_s`).
 
 A scorer whose `takes_conversations` attribute is true also gets each prompt's conversation (the keyword argument
-`conversations`: lists of {role, content} messages; a plain prompt is one user turn).
+`conversations`: lists of {role, content} messages; a plain prompt is one user turn). A scorer whose `whole_prompts`
+attribute is true (a pairwise judge) is called with whole runs of one prompt's responses: its mini-batches and the
+samples it is retried on alone are those runs, never a part of one. A scorer with `drain_counts` reports counts of
+its own (comparisons, flips) with each batch.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from iterdpo.core.records import Message
+from iterdpo.core.sharding import prompt_runs
 from iterdpo.config.scorers import Scorer
 
 
@@ -41,6 +45,7 @@ class _WrongLength(Exception):
 class ScoredBatch:
     scores: list[float]  # NaN where a sample was dropped
     failed_batch_calls: int  # batch attempts that raised or timed out
+    counts: dict[str, float] = field(default_factory=dict)  # the scorer's own counts (`drain_counts`)
 
     @property
     def dropped(self) -> int:
@@ -78,11 +83,27 @@ class RobustScorer:
             raise ValueError(f"scorer '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
         if conversations is None:
             conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
-        step = self.batch_size or max(1, len(responses))
-        parts = [self._score_batch(prompts[i : i + step], responses[i : i + step], conversations[i : i + step])
-                 for i in range(0, len(responses), step)]
+        parts = [self._score_batch(prompts[lo:hi], responses[lo:hi], conversations[lo:hi])
+                 for lo, hi in self._mini_batches(prompts)]
+        drain = getattr(self.scorer, "drain_counts", None)
         return ScoredBatch([value for part in parts for value in part.scores],
-                           sum(part.failed_batch_calls for part in parts))
+                           sum(part.failed_batch_calls for part in parts), drain() if drain else {})
+
+    def _units(self, prompts: list[str]) -> list[tuple[int, int]]:
+        """[lo, hi) of what is scored together: a sample, or a run of one prompt's responses (`whole_prompts`)."""
+        if not getattr(self.scorer, "whole_prompts", False):
+            return [(i, i + 1) for i in range(len(prompts))]
+        return prompt_runs(prompts)
+
+    def _mini_batches(self, prompts: list[str]) -> list[tuple[int, int]]:
+        """Consecutive units of at most `batch_size` samples together (a longer unit alone)."""
+        batches: list[tuple[int, int]] = []
+        for lo, hi in self._units(prompts):
+            if batches and (self.batch_size is None or hi - batches[-1][0] <= self.batch_size):
+                batches[-1] = (batches[-1][0], hi)
+            else:
+                batches.append((lo, hi))
+        return batches
 
     def _score_batch(self, prompts: list[str], responses: list[str], conversations: list[list[Message]]
                      ) -> ScoredBatch:
@@ -102,17 +123,18 @@ class RobustScorer:
     def _isolate(self, prompts: list[str], responses: list[str], conversations: list[list[Message]],
                  batch_error: BaseException) -> list[float]:
         allowed = int(self.max_drop_fraction * len(responses))
-        scores, failures = [], 0
-        for prompt, response, conversation in zip(prompts, responses, conversations):
+        scores: list[float] = []
+        failures = 0
+        for lo, hi in self._units(prompts):
             try:
-                scores += self._call([prompt], [response], [conversation])
+                scores += self._call(prompts[lo:hi], responses[lo:hi], conversations[lo:hi])
             except _WrongLength as err:
                 raise ScorerError(str(err)) from None
             except ScorerError:
                 raise
             except Exception as err:  # noqa: BLE001
-                failures += 1
-                scores.append(math.nan)
+                failures += hi - lo
+                scores += [math.nan] * (hi - lo)
                 if failures > allowed:
                     raise ScorerError(
                         f"scorer '{self.name}' failed on the batch of {len(responses)} ({self.retries + 1} attempts: "
