@@ -44,11 +44,9 @@ def test_a_judge_that_always_prefers_the_first_position_has_no_preference_after_
     responses = ["good", "bad", "okay", "fine"]
     scores = scorer(["p"] * 4, responses)
     assert scores == [0.0, 0.0, 0.0, 0.0]  # every pair a tie: no response favoured by where it was shown
-    counts = scorer.drain_counts()
-    assert counts["flipped"] == counts["comparisons"] == 6  # every verdict flips with the order
-    second = _scorer(lambda first, second: 0.2)
-    assert second(["p"] * 4, responses) == [0.0] * 4
-    assert second.drain_counts()["flipped"] == 6
+    assert scores.counts["flipped"] == scores.counts["comparisons"] == 6  # every verdict flips with the order
+    second = _scorer(lambda first, second: 0.2)(["p"] * 4, responses)
+    assert second == [0.0] * 4 and second.counts["flipped"] == 6
 
 
 def test_a_known_ordering_is_recovered_by_the_bradley_terry_fit():
@@ -58,7 +56,7 @@ def test_a_known_ordering_is_recovered_by_the_bradley_terry_fit():
     scores = scorer(["p"] * 5, list(utility))
     centred = np.array(list(utility.values())) - np.mean(list(utility.values()))
     np.testing.assert_allclose(scores, centred, atol=1e-4)  # consistent verdicts: the MLE is the utilities
-    counts = scorer.drain_counts()
+    counts = scores.counts
     assert counts["flipped"] == 0 and counts["cyclic"] == 0 and counts["triples"] == 10
 
 
@@ -88,18 +86,32 @@ def test_a_clean_sweep_stays_finite_and_ordered():
 def test_a_cycle_is_counted():
     beats = {("r", "s"), ("s", "t"), ("t", "r")}  # rock-paper-scissors
     scorer = _scorer(lambda first, second: 0.9 if (first, second) in beats else 0.1)
-    scorer(["p"] * 3, ["r", "s", "t"])
-    counts = scorer.drain_counts()
+    counts = scorer(["p"] * 3, ["r", "s", "t"]).counts
     assert (counts["cyclic"], counts["triples"], counts["flipped"]) == (1, 1, 0)
 
 
 def test_the_comparison_plan_is_bounded_and_connected():
     assert comparison_plan(4) == [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3)]
     assert comparison_plan(4, 3) == [(0, 1), (1, 2), (2, 3)]
+    assert comparison_plan(4, 1) == [(0, 1), (1, 2), (2, 3)]  # never fewer than connect them
     assert plan_line(4, 3) == "4 responses a prompt: 3 of 6 pairs, nearest in sample order first, each in both orders (6 judge calls)"
     scorer = _scorer(lambda first, second: 0.5, max_comparisons=3)
     scorer(["p"] * 4, ["1", "2", "3", "4"])
     assert len(scorer.choices.asked) == 6
+
+
+def test_a_prompt_none_of_whose_comparisons_could_be_read_is_dropped():
+    scorer = _scorer(lambda first, second: None if first.startswith("q") else 0.7)
+    scores = scorer(["p", "p", "q", "q", "r"], ["p0", "p1", "q0", "q1", "r0"])
+    assert scores[:2] == [0.0, 0.0] and all(math.isnan(s) for s in scores[2:4]) and scores[4] == 0.0
+
+
+def test_prompts_are_told_apart_by_their_whole_conversation():
+    scorer = _scorer(lambda first, second: 0.7)
+    turns = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": a}, {"role": "user", "content": "Go on."}]
+             for a in ("one", "two")]
+    scorer(["Go on."] * 4, ["x0", "x1", "y0", "y1"], [turns[0]] * 2 + [turns[1]] * 2)
+    assert sorted(scorer.choices.asked) == [("x0", "x1"), ("x1", "x0"), ("y0", "y1"), ("y1", "y0")]
 
 
 def test_each_prompt_is_compared_within_itself_across_mini_batches():

@@ -110,7 +110,7 @@ def test_pairwise_judge_reads_the_comparison_as_transformers_does(servers, hub):
     assert served == pytest.approx(_hf_choice_probs(hub[hub_standin.POLICY], text, ["A", "B"]), abs=1e-5)
     scores = scorer([CONVERSATION[0]["content"]] * 4, RESPONSES, [CONVERSATION] * 4)
     assert all(math.isfinite(s) for s in scores) and abs(sum(scores)) < 1e-9  # centred by the prior
-    counts = scorer.drain_counts()
+    counts = scores.counts
     assert counts["comparisons"] <= 6 and 0 <= counts["flipped"] <= counts["comparisons"]
 
 

@@ -4,6 +4,7 @@ half precision's parity bounds, every round's settings) and the one way a config
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,6 +14,8 @@ from iterdpo.config.schedule import round_settings, warn_ineffective
 from iterdpo.config.schema import Config
 from iterdpo.core.errors import ConfigError
 from iterdpo.core.typed import build
+
+log = logging.getLogger("iterdpo")
 
 
 def actor_resources(cfg: Config) -> dict[str, float]:
@@ -69,6 +72,10 @@ def _check_pairwise_plans(cfg: Config) -> None:
         if 0 < limit < most - 1:
             raise ConfigError(f"judge.scorers[{i}].options.max_comparisons: {limit} pairs cannot connect the {most} "
                               f"responses of a prompt; expected 0 (all pairs) or at least {most - 1}")
+    weighted = [spec.kind for spec in cfg.judge.scorers if spec.weight]
+    if cfg.gate.max_reward_drop is not None and weighted and set(weighted) == {"pairwise_judge"}:
+        log.warning("gate.max_reward_drop: the reward is pairwise judges' scores alone, which sum to 0 within each "
+                    "prompt, so eval/reward_mean cannot drop; give a pointwise scorer a weight to gate on")
 
 
 # -- loading -----------------------------------------------------------------------------------------------------

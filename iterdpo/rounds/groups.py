@@ -33,7 +33,7 @@ from iterdpo.core.ports import free_port
 from iterdpo.core.seeds import shard_seed
 from iterdpo.core.engine import engine_env
 from iterdpo.core.errors import RunError
-from iterdpo.core.sharding import prompt_shard_bounds, shard_bounds
+from iterdpo.core.sharding import conversation_key, prompt_shard_bounds, shard_bounds
 
 log = logging.getLogger("iterdpo")
 
@@ -145,7 +145,8 @@ class JudgeGroup:
         """The task reward of every sample, each contiguous shard scored by its own judge, joined in order (scores do
         not depend on the shards: judges are deterministic, and a prompt's responses stay in one shard, together for
         a pairwise judge), and with `toxicity` each sample's P(toxic), from the first judge, in the same `ray.get`."""
-        bounds = prompt_shard_bounds(prompts, len(self.actors))
+        keys = prompts if conversations is None else [conversation_key(turns) for turns in conversations]
+        bounds = prompt_shard_bounds(keys, len(self.actors))
         shards = [actor.score.remote(prompts[lo:hi], responses[lo:hi],
                                      None if conversations is None else conversations[lo:hi])
                   for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo]

@@ -55,41 +55,24 @@ def _remote_reward_model(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
 
 def _pairwise_judge(spec: ScorerSpec) -> tuple[ScorerSpec, str]:
     """An endpoint answers one comparison; an in-actor model is pinned and its choice tokens checked."""
-    from iterdpo.scorers.llm_judge import ChoicePrompts, read_template
-    from iterdpo.scorers.pairwise import DEFAULT_TEMPLATE, FIELD, PLACEHOLDERS, PairwiseJudgeScorer
+    from iterdpo.scorers.llm_judge import ChoicePrompts, fill, read_template
+    from iterdpo.scorers.pairwise import DEFAULT_TEMPLATE, FIELD, PLACEHOLDERS
 
     options = spec.parsed_options()
+    template = read_template(options.template, DEFAULT_TEMPLATE, PLACEHOLDERS, FIELD)
     if options.base_url:
-        from iterdpo.scorers.remote import check_served
+        from iterdpo.scorers.remote import EndpointChoices, check_served, probe_choices
 
         check_served(options, FIELD)
-        scorer = PairwiseJudgeScorer(options)
-        probe_failure = _probe_comparison(scorer)
-        if probe_failure:
-            raise ConfigError(probe_failure)
-        return spec, f"pairwise judge {scorer.choices.describe()}, choices {options.choices}"
+        text = fill(template, {"prompt": "Say hello.", "response_a": "Hello!", "response_b": "Bye."})
+        choices = probe_choices(lambda: EndpointChoices(options, options.choices, f"{FIELD}.choices"), options,
+                                options.choices, FIELD, text)
+        return spec, f"pairwise judge {choices.describe()}, choices {options.choices}"
     pinned = pin_model(options.model, f"{FIELD}.model")
     folder = resolve_model(pinned, f"{FIELD}.model", weights=False)
     fits(f"{FIELD}.max_model_len", options.max_model_len, folder, pinned)
-    read_template(options.template, DEFAULT_TEMPLATE, PLACEHOLDERS, FIELD)
     ChoicePrompts(folder, options.choices, options.chat, FIELD, f"{FIELD}.choices")
     return _with(spec, model=pinned), f"pairwise judge {pinned} in the judge actor, choices {options.choices}"
-
-
-def _probe_comparison(scorer: object) -> str:
-    """One comparison through the endpoint: "" when it answers with the choices' log-probs, else the line to show."""
-    from iterdpo.scorers.endpoint import EndpointDown, RequestRefused
-    from iterdpo.scorers.llm_judge import fill
-
-    try:
-        [answer] = scorer.choices.probs([fill(scorer.template, {"prompt": "Say hello.", "response_a": "Hello!",
-                                                                "response_b": "Bye."})])
-    except (EndpointDown, RequestRefused) as err:
-        return f"pairwise_judge: {err}"
-    if answer is None:
-        return (f"pairwise_judge.choices: none of {scorer.options.choices} is among the top "
-                f"{scorer.options.top_logprobs} tokens the judge answers with")
-    return ""
 
 
 def _sentiment(spec: ScorerSpec) -> tuple[ScorerSpec, str]:

@@ -72,10 +72,17 @@ class Endpoint:
         return self._send("POST", path, body)
 
     def post_many(self, path: str, bodies: list[dict[str, Any]]) -> list[Any]:
+        """The answers in order; None for a request whose content the server refused (`RequestRefused`)."""
+        def post(body: dict[str, Any]) -> Any:
+            try:
+                return self.post(path, body)
+            except RequestRefused:
+                return None
+
         if len(bodies) <= 1:
-            return [self.post(path, body) for body in bodies]
+            return [post(body) for body in bodies]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(bodies))) as pool:
-            return list(pool.map(lambda body: self.post(path, body), bodies))
+            return list(pool.map(post, bodies))
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         import httpx
@@ -90,7 +97,10 @@ class Endpoint:
                 problem = f"cannot connect ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
             else:
                 if response.status_code < 300:
-                    return response.json()
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise EndpointDown(f"judge endpoint {url}: the answer is not JSON (is this the API's URL?)") from None
                 problem = f"HTTP {response.status_code}: {_reason(response)}"
                 if response.status_code in REFUSED_STATUS:
                     raise RequestRefused(f"{url} refused the request ({problem})")

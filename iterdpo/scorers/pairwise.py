@@ -18,6 +18,7 @@ the share of fully compared triples whose verdicts form a cycle.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from iterdpo.config.scorers import PairwiseJudgeOptions
 from iterdpo.core.records import Message
-from iterdpo.core.sharding import prompt_runs
+from iterdpo.core.sharding import conversation_key, prompt_runs
 from iterdpo.data.models import resolve_model
 from iterdpo.scorers.llm_judge import ChoicePrompts, EngineChoices, conversation_text, fill, read_template
 
@@ -49,9 +50,10 @@ NEWTON_STEPS = 100
 
 def comparison_plan(count: int, max_comparisons: int = 0) -> list[tuple[int, int]]:
     """The pairs (i < j) of `count` responses to compare: all of them, or the first `max_comparisons` by distance
-    in the samples' order ((0,1), (1,2), ... then (0,2), (1,3), ...), connected from count - 1 pairs on."""
+    in the samples' order ((0,1), (1,2), ... then (0,2), (1,3), ...), and never fewer than the count - 1 that
+    connect them all."""
     by_distance = [(i, i + gap) for gap in range(1, count) for i in range(count - gap)]
-    return by_distance if max_comparisons <= 0 else by_distance[:max_comparisons]
+    return by_distance if max_comparisons <= 0 else by_distance[: max(max_comparisons, count - 1)]
 
 
 def plan_line(count: int, max_comparisons: int) -> str:
@@ -122,6 +124,14 @@ class Choices(Protocol):
     def probs(self, texts: list[str]) -> list[list[float] | None]: ...
 
 
+class Scores(list):
+    """A call's scores, with its comparison counts (kept by `RobustScorer` only when the scores are)."""
+
+    def __init__(self, scores: list[float], counts: dict[str, float]) -> None:
+        super().__init__(scores)
+        self.counts = counts
+
+
 class PairwiseJudgeScorer:
     takes_conversations = True
     whole_prompts = True  # a prompt's responses are scored together (`iterdpo.scorers.robust`, the judge shards)
@@ -131,13 +141,15 @@ class PairwiseJudgeScorer:
         self.template = read_template(options.template, DEFAULT_TEMPLATE, PLACEHOLDERS, FIELD)
         self.choices = choices or _choices(options)
         self.exclusive = isinstance(self.choices, EngineChoices)  # an engine in this actor takes one call at a time
-        self.counts = {"comparisons": 0, "flipped": 0, "triples": 0, "cyclic": 0}
 
     def __call__(self, prompts: list[str], responses: list[str],
-                 conversations: list[list[Message]] | None = None) -> list[float]:
+                 conversations: list[list[Message]] | None = None) -> Scores:
+        """Each response's Bradley-Terry score within its prompt; NaN for a response none of whose comparisons could
+        be read (dropped, as a pointwise judge drops a sample; a lone response scores 0)."""
         conversations = conversations or [[{"role": "user", "content": p}] for p in prompts]
+        runs = prompt_runs([conversation_key(turns) for turns in conversations])
         asks, texts = [], []
-        for lo, hi in prompt_runs(prompts):
+        for lo, hi in runs:
             context = conversation_text(conversations[lo])
             for i, j in comparison_plan(hi - lo, self.options.max_comparisons):
                 for first, second in ((i, j), (j, i)):
@@ -145,28 +157,22 @@ class PairwiseJudgeScorer:
                     texts.append(fill(self.template, {"prompt": context, "response_a": responses[lo + first],
                                                       "response_b": responses[lo + second]}))
         answers = self.choices.probs(texts) if texts else []
-        verdicts = {(lo, hi): Verdicts(hi - lo, {}, {}) for lo, hi in prompt_runs(prompts)}
+        verdicts = {(lo, hi): Verdicts(hi - lo, {}, {}) for lo, hi in runs}
         for k in range(0, len(asks), 2):
             lo, hi, i, j = asks[k]
             if answers[k] is not None and answers[k + 1] is not None:  # a pair the judge could not read is left out
                 verdicts[lo, hi].forward[i, j] = answers[k][0]
                 verdicts[lo, hi].backward[i, j] = answers[k + 1][0]
         scores = [0.0] * len(responses)
-        for (lo, hi), prompt_verdicts in verdicts.items():
-            scores[lo:hi] = bradley_terry(hi - lo, prompt_verdicts.wins(), self.options.prior_precision).tolist()
-            self._count(prompt_verdicts)
-        return scores
-
-    def _count(self, verdicts: Verdicts) -> None:
-        flipped, decided = verdicts.flips()
-        cyclic, triples = verdicts.cycles()
-        for key, value in (("flipped", flipped), ("comparisons", decided), ("cyclic", cyclic), ("triples", triples)):
-            self.counts[key] += value
-
-    def drain_counts(self) -> dict[str, float]:
-        """The comparison counts since the last drain (summed over judges and shards into the round's rates)."""
-        counts, self.counts = self.counts, dict.fromkeys(self.counts, 0)
-        return {key: float(value) for key, value in counts.items()}
+        counts = dict.fromkeys(("comparisons", "flipped", "triples", "cyclic"), 0.0)
+        for (lo, hi), prompt in verdicts.items():
+            wins = prompt.wins()
+            fitted = bradley_terry(hi - lo, wins, self.options.prior_precision).tolist()
+            compared = {index for pair in wins for index in pair}
+            scores[lo:hi] = [value if k in compared or hi - lo == 1 else math.nan for k, value in enumerate(fitted)]
+            for key, value in zip(("flipped", "comparisons", "cyclic", "triples"), (*prompt.flips(), *prompt.cycles())):
+                counts[key] += value
+        return Scores(scores, counts)
 
 
 def _choices(options: PairwiseJudgeOptions) -> Any:

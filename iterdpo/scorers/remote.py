@@ -21,6 +21,7 @@ probability of `label`. Request and response, for another server to speak it::
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from iterdpo.config.scorers import EndpointOptions, OpenAIJudgeOptions, RemoteRewardModelOptions
@@ -40,6 +41,8 @@ def connect(options: EndpointOptions, root: bool = False) -> Endpoint:
 
 def check_served(options: EndpointOptions, field: str) -> None:
     """The server answers, takes the key, and serves `options.model`: else one line naming what is wrong."""
+    if options.api_key_env and options.api_key_env not in os.environ:
+        raise ConfigError(f"{field}.api_key_env: the variable {options.api_key_env} is not set in this shell")
     try:
         listing = Endpoint(server_root(options.base_url) + "/v1", options.api_key_env, options.request_timeout_s,
                            retries=0).get("/models")
@@ -69,13 +72,11 @@ class EndpointChoices:
             try:
                 reply = tokenizer.post("/tokenize", {"model": self.options.model, "prompt": answer,
                                                      "add_special_tokens": False})
-            except RequestRefused:
+            except (EndpointDown, RequestRefused):  # not vLLM (or no tokenizer there): read the top log-probs
                 return None
-            except EndpointDown as err:
-                if "HTTP 404" in str(err) or "HTTP 405" in str(err):
-                    return None
-                raise
-            tokens = reply.get("tokens", [])
+            tokens = reply.get("tokens") if isinstance(reply, dict) else None
+            if not isinstance(tokens, list):
+                return None
             if len(tokens) != 1:
                 raise ConfigError(f"{self.field}: '{answer}' is {len(tokens)} tokens for the judge model's "
                                   "tokenizer, expected one (choose single tokens, e.g. digits)")
@@ -103,18 +104,26 @@ class EndpointChoices:
             return {entry["token"]: entry["logprob"] for entry in logprobs["content"][0]["top_logprobs"]}
         return dict(logprobs["top_logprobs"][0])
 
+    @property
+    def path(self) -> str:
+        return "/chat/completions" if self.options.api == "chat" else "/completions"
+
     def probs(self, texts: list[str]) -> list[list[float] | None]:
-        """For each prompt, the answers' probabilities renormalised over them; None when none of them was seen."""
-        path = "/chat/completions" if self.options.api == "chat" else "/completions"
-        replies = self.endpoint.post_many(path, [self._body(text) for text in texts])
+        """For each prompt, the answers' probabilities renormalised over them; None when none of them was seen or
+        the server refused the request (too long for its context, say): that sample or comparison is dropped."""
+        replies = self.endpoint.post_many(self.path, [self._body(text) for text in texts])
+        return [None if reply is None else self._read(reply) for reply in replies]
+
+    def probe(self, text: str) -> list[float] | None:
+        """`probs` of one text, with a refusal raised (`RequestRefused`, the server's reason) rather than dropped."""
+        return self._read(self.endpoint.post(self.path, self._body(text)))
+
+    def _read(self, reply: dict[str, Any]) -> list[float] | None:
         keys = ([f"{TOKEN_ID_KEY}{token}" for token in self.token_ids] if self.token_ids is not None
                 else self.answers)
-        out: list[list[float] | None] = []
-        for reply in replies:
-            top = self._top(reply)
-            raw = [top.get(key, -math.inf) for key in keys]
-            out.append(None if all(value == -math.inf for value in raw) else normalised(raw))
-        return out
+        top = self._top(reply)
+        raw = [top.get(key, -math.inf) for key in keys]
+        return None if all(value == -math.inf for value in raw) else normalised(raw)
 
     def describe(self) -> str:
         how = ("their own log-probs (vLLM)" if self.token_ids is not None
@@ -172,24 +181,41 @@ class RemoteRewardModelScorer:
     def __call__(self, prompts: list[str], responses: list[str],
                  conversations: list[list[Message]] | None = None) -> list[float]:
         conversations = conversations or [[{"role": "user", "content": p}] for p in prompts]
-        replies = self.endpoint.post_many("/classify", self._bodies(prompts, responses, conversations))
-        entries = [entry for reply in replies for entry in sorted(reply["data"], key=lambda e: e["index"])]
-        return [self._value(entry) for entry in entries]
+        bodies = self._bodies(prompts, responses, conversations)
+        replies = self.endpoint.post_many("/classify", bodies)
+        scores: list[float] = []
+        for body, reply in zip(bodies, replies):
+            if reply is None:  # refused (too long, say): its samples are dropped
+                scores += [math.nan] * len(body.get("input", [None]))
+            else:
+                scores += [self._value(entry) for entry in sorted(reply["data"], key=lambda e: e["index"])]
+        return scores
 
 
 def probe_openai_judge(options: OpenAIJudgeOptions) -> str:
     """One rating request through the whole path; the line `iterdpo check` prints, or a ConfigError."""
     check_served(options, "openai_judge")
+    scorer = probe_choices(lambda: OpenAIJudgeScorer(options).choices, options, options.ratings, "openai_judge",
+                           fill(DEFAULT_RUBRIC, {"prompt": "Say hello.", "response": "Hello!"}))
+    return f"LLM judge {scorer.describe()}, ratings {options.ratings}"
+
+
+def probe_choices(build: Any, options: Any, answers: list[str], field: str, text: str) -> EndpointChoices:
+    """`build()`'s endpoint (at `options.base_url`) asked `text` once: the built object, or one line saying why it
+    cannot judge."""
     try:
-        scorer = OpenAIJudgeScorer(options)
-        [score] = scorer(["Say hello."], ["Hello!"])
+        choices = build()
+        probs = choices.probe(text)
     except (EndpointDown, RequestRefused) as err:
-        raise ConfigError(f"openai_judge: {err}") from None
-    if math.isnan(score):
-        raise ConfigError(f"openai_judge.ratings: none of {options.ratings} is among the top "
-                          f"{options.top_logprobs} tokens the judge answers with (raise top_logprobs, or serve it "
-                          "with vLLM, whose ratings' own log-probs are read)")
-    return f"LLM judge {scorer.choices.describe()}, ratings {options.ratings}"
+        raise ConfigError(f"{field}: {err}") from None
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise ConfigError(f"{field}: {options.base_url} answered, but not in the OpenAI {options.api} API's shape "
+                          "(choices[0].logprobs)") from None
+    if probs is None:
+        raise ConfigError(f"{field}: none of {answers} is among the top {options.top_logprobs} tokens the "
+                          "judge answers with (raise top_logprobs, or serve it with vLLM, whose answers' own "
+                          "log-probs are read)")
+    return choices
 
 
 def probe_remote_reward_model(options: RemoteRewardModelOptions) -> str:

@@ -16,9 +16,10 @@ still busy then is stuck (`ScorerError`). Model scorers take no timeout by defau
 
 A scorer whose `takes_conversations` attribute is true also gets each prompt's conversation (the keyword argument
 `conversations`: lists of {role, content} messages; a plain prompt is one user turn). A scorer whose `whole_prompts`
-attribute is true (a pairwise judge) is called with whole runs of one prompt's responses: its mini-batches and the
-samples it is retried on alone are those runs, never a part of one. A scorer with `drain_counts` reports counts of
-its own (comparisons, flips) with each batch.
+attribute is true (a pairwise judge) is called with whole runs of one prompt's responses (one conversation): its
+mini-batches and what it is retried on alone are those runs, never a part of one, and the share it may drop is
+counted in runs. A scorer may return its scores as a list with a `counts` attribute (comparisons, flips): the counts
+of the calls whose scores were kept are summed into the batch's (never those of a call that timed out).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iterdpo.core.records import Message
-from iterdpo.core.sharding import prompt_runs
+from iterdpo.core.sharding import conversation_key, prompt_runs
 from iterdpo.config.scorers import Scorer
 
 
@@ -45,7 +46,7 @@ class _WrongLength(Exception):
 class ScoredBatch:
     scores: list[float]  # NaN where a sample was dropped
     failed_batch_calls: int  # batch attempts that raised or timed out
-    counts: dict[str, float] = field(default_factory=dict)  # the scorer's own counts (`drain_counts`)
+    counts: dict[str, float] = field(default_factory=dict)  # the scorer's own counts (its kept calls')
 
     @property
     def dropped(self) -> int:
@@ -76,6 +77,7 @@ class RobustScorer:
         self.timeout_s, self.retries, self.max_drop_fraction = timeout_s, retries, max_drop_fraction
         self.batch_size = batch_size
         self._busy: threading.Thread | None = None  # a call that timed out and may still be running
+        self._counts: dict[str, float] = {}  # the kept calls' counts in the current `score`
 
     def score(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None = None
               ) -> ScoredBatch:
@@ -83,22 +85,23 @@ class RobustScorer:
             raise ValueError(f"scorer '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
         if conversations is None:
             conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+        self._counts: dict[str, float] = {}
+        units = self._units(conversations)
         parts = [self._score_batch(prompts[lo:hi], responses[lo:hi], conversations[lo:hi])
-                 for lo, hi in self._mini_batches(prompts)]
-        drain = getattr(self.scorer, "drain_counts", None)
+                 for lo, hi in self._mini_batches(units)]
         return ScoredBatch([value for part in parts for value in part.scores],
-                           sum(part.failed_batch_calls for part in parts), drain() if drain else {})
+                           sum(part.failed_batch_calls for part in parts), self._counts)
 
-    def _units(self, prompts: list[str]) -> list[tuple[int, int]]:
-        """[lo, hi) of what is scored together: a sample, or a run of one prompt's responses (`whole_prompts`)."""
+    def _units(self, conversations: list[list[Message]]) -> list[tuple[int, int]]:
+        """[lo, hi) of what is scored together: a sample, or a run of one conversation's responses (`whole_prompts`)."""
         if not getattr(self.scorer, "whole_prompts", False):
-            return [(i, i + 1) for i in range(len(prompts))]
-        return prompt_runs(prompts)
+            return [(i, i + 1) for i in range(len(conversations))]
+        return prompt_runs([conversation_key(turns) for turns in conversations])
 
-    def _mini_batches(self, prompts: list[str]) -> list[tuple[int, int]]:
+    def _mini_batches(self, units: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Consecutive units of at most `batch_size` samples together (a longer unit alone)."""
         batches: list[tuple[int, int]] = []
-        for lo, hi in self._units(prompts):
+        for lo, hi in units:
             if batches and (self.batch_size is None or hi - batches[-1][0] <= self.batch_size):
                 batches[-1] = (batches[-1][0], hi)
             else:
@@ -122,10 +125,11 @@ class RobustScorer:
 
     def _isolate(self, prompts: list[str], responses: list[str], conversations: list[list[Message]],
                  batch_error: BaseException) -> list[float]:
-        allowed = int(self.max_drop_fraction * len(responses))
+        units = self._units(conversations)
+        allowed = int(self.max_drop_fraction * len(units))
         scores: list[float] = []
         failures = 0
-        for lo, hi in self._units(prompts):
+        for lo, hi in units:
             try:
                 scores += self._call(prompts[lo:hi], responses[lo:hi], conversations[lo:hi])
             except _WrongLength as err:
@@ -133,7 +137,7 @@ class RobustScorer:
             except ScorerError:
                 raise
             except Exception as err:  # noqa: BLE001
-                failures += hi - lo
+                failures += 1
                 scores += [math.nan] * (hi - lo)
                 if failures > allowed:
                     raise ScorerError(
@@ -151,6 +155,8 @@ class RobustScorer:
             raise _WrongLength(message) from None
         if len(values) != len(responses):
             raise _WrongLength(f"scorer '{self.name}' returned {len(values)} scores for {len(responses)} responses")
+        for key, value in getattr(raw, "counts", {}).items():  # this call's scores are kept: so are its counts
+            self._counts[key] = self._counts.get(key, 0.0) + value
         return [_as_float(value) for value in values]
 
     def _run_with_timeout(self, prompts: list[str], responses: list[str], conversations: list[list[Message]]) -> Any:
