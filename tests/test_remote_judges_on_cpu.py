@@ -155,13 +155,17 @@ def test_each_failure_is_one_line_before_any_actor_starts(servers, no_logprobs_s
     from iterdpo.scorers.checks import check_scorer
 
     judge, rm = servers
+    monkeypatch.setenv("ITERDPO_TEST_WRONG_KEY", "not-the-key")
+    monkeypatch.delenv("ITERDPO_TEST_NO_SUCH_KEY", raising=False)
     cases = [
         (ScorerSpec("openai_judge", options=_judge_options(judge, base_url=f"http://127.0.0.1:{free_port()}/v1")),
          r"cannot connect \(ConnectError"),
         (ScorerSpec("openai_judge", options=_judge_options(judge, model="judge-7b")),
          "openai_judge.model: 'judge-7b' is not served at"),
-        (ScorerSpec("openai_judge", options=_judge_options(judge, api_key_env="ITERDPO_TEST_NO_SUCH_KEY")),
+        (ScorerSpec("openai_judge", options=_judge_options(judge, api_key_env="ITERDPO_TEST_WRONG_KEY")),
          "HTTP 401"),
+        (ScorerSpec("openai_judge", options=_judge_options(judge, api_key_env="ITERDPO_TEST_NO_SUCH_KEY")),
+         "openai_judge.api_key_env: the variable ITERDPO_TEST_NO_SUCH_KEY is not set"),
         (ScorerSpec("openai_judge", options=_judge_options(judge, ratings=["1000000", "2"])),
          "openai_judge.ratings: '1000000' is [0-9]+ tokens"),
         (ScorerSpec("openai_judge", options={"base_url": no_logprobs_server + "/v1", "model": "judge"}),
