@@ -94,7 +94,8 @@ def test_the_comparison_plan_is_bounded_and_connected():
     assert comparison_plan(4) == [(0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3)]
     assert comparison_plan(4, 3) == [(0, 1), (1, 2), (2, 3)]
     assert comparison_plan(4, 1) == [(0, 1), (1, 2), (2, 3)]  # never fewer than connect them
-    assert plan_line(4, 3) == "4 responses a prompt: 3 of 6 pairs, nearest in sample order first, each in both orders (6 judge calls)"
+    assert plan_line(4, 3) == ("4 responses a prompt: 3 of 6 pairs, nearest in sample order first, each in both "
+                               "orders (6 judge calls)")
     scorer = _scorer(lambda first, second: 0.5, max_comparisons=3)
     scorer(["p"] * 4, ["1", "2", "3", "4"])
     assert len(scorer.choices.asked) == 6
@@ -108,8 +109,8 @@ def test_a_prompt_none_of_whose_comparisons_could_be_read_is_dropped():
 
 def test_prompts_are_told_apart_by_their_whole_conversation():
     scorer = _scorer(lambda first, second: 0.7)
-    turns = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": a}, {"role": "user", "content": "Go on."}]
-             for a in ("one", "two")]
+    turns = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": a},
+              {"role": "user", "content": "Go on."}] for a in ("one", "two")]
     scorer(["Go on."] * 4, ["x0", "x1", "y0", "y1"], [turns[0]] * 2 + [turns[1]] * 2)
     assert sorted(scorer.choices.asked) == [("x0", "x1"), ("x1", "x0"), ("y0", "y1"), ("y1", "y0")]
 

@@ -159,7 +159,8 @@ class PairwiseJudgeOptions(EndpointOptions):
             raise Invalid("model", "expected the judge model (in the actor) or the served model's name (base_url)")
         super().validate()
         if len(self.choices) != 2 or self.choices[0] == self.choices[1]:
-            raise Invalid("choices", f"expected two distinct tokens for the first and second reply, got {self.choices!r}")
+            raise Invalid("choices", f"expected two distinct tokens for the first and second reply, got "
+                                     f"{self.choices!r}")
 
 
 def function_scorer(path: str) -> Scorer:

@@ -94,3 +94,8 @@ class TrainResult:
     @property
     def diverged(self) -> bool:
         return self.after is None
+
+
+def conversations_of(prompts: list[str], conversations: list[list[Message]] | None) -> list[list[Message]]:
+    """Each prompt's conversation: the ones given, or each plain prompt as one user turn."""
+    return conversations or [[{"role": "user", "content": prompt}] for prompt in prompts]

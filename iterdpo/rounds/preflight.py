@@ -82,7 +82,8 @@ def preflight(cfg: Config) -> Plan:
 def _pairwise_plans(cfg: Config) -> list[tuple[str, str]]:
     from iterdpo.scorers.pairwise import plan_line
 
-    return [(f"judge: {spec.label} plan", plan_line(cfg.round.samples_per_prompt, spec.parsed_options().max_comparisons))
+    return [(f"judge: {spec.label} plan",
+             plan_line(cfg.round.samples_per_prompt, spec.parsed_options().max_comparisons))
             for spec in cfg.judge.scorers if spec.kind == "pairwise_judge"]
 
 

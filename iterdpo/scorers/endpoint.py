@@ -100,7 +100,8 @@ class Endpoint:
                     try:
                         return response.json()
                     except ValueError:
-                        raise EndpointDown(f"judge endpoint {url}: the answer is not JSON (is this the API's URL?)") from None
+                        raise EndpointDown(f"judge endpoint {url}: the answer is not JSON (is this the API's "
+                                           "URL?)") from None
                 problem = f"HTTP {response.status_code}: {_reason(response)}"
                 if response.status_code in REFUSED_STATUS:
                     raise RequestRefused(f"{url} refused the request ({problem})")

@@ -21,7 +21,7 @@ from typing import Any
 from iterdpo.core.engine import start_engine
 from iterdpo.core.errors import ConfigError
 from iterdpo.data.models import resolve_model
-from iterdpo.core.records import Message
+from iterdpo.core.records import Message, conversations_of
 
 FIELD = "llm_judge"
 PLACEHOLDERS = ("{prompt}", "{response}")
@@ -94,6 +94,11 @@ def conversation_text(messages: list[Message]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
+def rubric_text(rubric: str, conversation: list[Message], response: str) -> str:
+    """A rating rubric filled with one conversation and one response."""
+    return fill(rubric, {"prompt": conversation_text(conversation), "response": response})
+
+
 class ChoicePrompts:
     """A judge model's tokenizer: whether it reads the judge's text as a chat turn, and the ids of the answer tokens
     (ratings, or the two choices of a comparison), each of which must be one token."""
@@ -126,7 +131,7 @@ class RatingPrompts(ChoicePrompts):
         self.values = [float(rating) for rating in ratings]
 
     def render(self, conversation: list[Message], response: str) -> str:
-        return self.as_turn(fill(self.rubric, {"prompt": conversation_text(conversation), "response": response}))
+        return self.as_turn(rubric_text(self.rubric, conversation, response))
 
 
 class EngineChoices:
@@ -160,7 +165,6 @@ class LLMJudgeScorer:
     def __call__(self, prompts: list[str], responses: list[str],
                  conversations: list[list[Message]] | None = None) -> list[float]:
         """sum_r value(r) p(r), p renormalised over the rating tokens."""
-        conversations = conversations or [[{"role": "user", "content": p}] for p in prompts]
-        texts = [fill(self.prompts.rubric, {"prompt": conversation_text(turns), "response": response})
-                 for turns, response in zip(conversations, responses)]
+        conversations = conversations_of(prompts, conversations)
+        texts = [rubric_text(self.prompts.rubric, turns, response) for turns, response in zip(conversations, responses)]
         return [expected_value(self.prompts.values, probs) for probs in self.engine.probs(texts)]

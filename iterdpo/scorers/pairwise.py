@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from iterdpo.config.scorers import PairwiseJudgeOptions
-from iterdpo.core.records import Message
+from iterdpo.core.records import Message, conversations_of
 from iterdpo.core.sharding import conversation_key, prompt_runs
 from iterdpo.data.models import resolve_model
 from iterdpo.scorers.llm_judge import ChoicePrompts, EngineChoices, conversation_text, fill, read_template
@@ -146,7 +146,7 @@ class PairwiseJudgeScorer:
                  conversations: list[list[Message]] | None = None) -> Scores:
         """Each response's Bradley-Terry score within its prompt; NaN for a response none of whose comparisons could
         be read (dropped, as a pointwise judge drops a sample; a lone response scores 0)."""
-        conversations = conversations or [[{"role": "user", "content": p}] for p in prompts]
+        conversations = conversations_of(prompts, conversations)
         runs = prompt_runs([conversation_key(turns) for turns in conversations])
         asks, texts = [], []
         for lo, hi in runs:

@@ -26,10 +26,10 @@ from typing import Any
 
 from iterdpo.config.scorers import EndpointOptions, OpenAIJudgeOptions, RemoteRewardModelOptions
 from iterdpo.core.errors import ConfigError
-from iterdpo.core.records import Message
+from iterdpo.core.records import Message, conversations_of
 from iterdpo.scorers.endpoint import Endpoint, EndpointDown, RequestRefused, server_root
-from iterdpo.scorers.llm_judge import (DEFAULT_RUBRIC, PLACEHOLDERS, conversation_text, expected_value, fill,
-                                       normalised, read_template)
+from iterdpo.scorers.llm_judge import (DEFAULT_RUBRIC, PLACEHOLDERS, expected_value, normalised, read_template,
+                                       rubric_text)
 
 TOKEN_ID_KEY = "token_id:"  # how vLLM names a token with return_tokens_as_token_ids
 
@@ -141,9 +141,8 @@ class OpenAIJudgeScorer:
 
     def __call__(self, prompts: list[str], responses: list[str],
                  conversations: list[list[Message]] | None = None) -> list[float]:
-        conversations = conversations or [[{"role": "user", "content": p}] for p in prompts]
-        texts = [fill(self.rubric, {"prompt": conversation_text(turns), "response": response})
-                 for turns, response in zip(conversations, responses)]
+        conversations = conversations_of(prompts, conversations)
+        texts = [rubric_text(self.rubric, turns, response) for turns, response in zip(conversations, responses)]
         return [math.nan if probs is None else expected_value(self.values, probs)
                 for probs in self.choices.probs(texts)]
 
@@ -180,7 +179,7 @@ class RemoteRewardModelScorer:
 
     def __call__(self, prompts: list[str], responses: list[str],
                  conversations: list[list[Message]] | None = None) -> list[float]:
-        conversations = conversations or [[{"role": "user", "content": p}] for p in prompts]
+        conversations = conversations_of(prompts, conversations)
         bodies = self._bodies(prompts, responses, conversations)
         replies = self.endpoint.post_many("/classify", bodies)
         scores: list[float] = []
@@ -196,7 +195,7 @@ def probe_openai_judge(options: OpenAIJudgeOptions) -> str:
     """One rating request through the whole path; the line `iterdpo check` prints, or a ConfigError."""
     check_served(options, "openai_judge")
     scorer = probe_choices(lambda: OpenAIJudgeScorer(options).choices, options, options.ratings, "openai_judge",
-                           fill(DEFAULT_RUBRIC, {"prompt": "Say hello.", "response": "Hello!"}))
+                           rubric_text(DEFAULT_RUBRIC, [{"role": "user", "content": "Say hello."}], "Hello!"))
     return f"LLM judge {scorer.describe()}, ratings {options.ratings}"
 
 

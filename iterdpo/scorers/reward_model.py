@@ -7,7 +7,7 @@ from typing import Any
 from iterdpo.core.devices import device_kind
 from iterdpo.core.errors import ConfigError
 from iterdpo.data.models import resolve_model
-from iterdpo.core.records import Message
+from iterdpo.core.records import Message, conversations_of
 
 FIELD = "hf_reward_model.path"
 
@@ -64,7 +64,7 @@ class HFRewardModelScorer:
     def _texts(self, prompts: list[str], responses: list[str], conversations: list[list[Message]] | None
                ) -> list[str]:
         if self.input_format == "chat":
-            conversations = conversations or [[{"role": "user", "content": p}] for p in prompts]
+            conversations = conversations_of(prompts, conversations)
             return [self.tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": r}], tokenize=False)
                     for turns, r in zip(conversations, responses)]
         if self.input_format == "concat":

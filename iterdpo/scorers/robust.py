@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from iterdpo.core.records import Message
+from iterdpo.core.records import Message, conversations_of
 from iterdpo.core.sharding import conversation_key, prompt_runs
 from iterdpo.config.scorers import Scorer
 
@@ -83,8 +83,7 @@ class RobustScorer:
               ) -> ScoredBatch:
         if len(prompts) != len(responses):
             raise ValueError(f"scorer '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
-        if conversations is None:
-            conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+        conversations = conversations_of(prompts, conversations)
         self._counts: dict[str, float] = {}
         units = self._units(conversations)
         parts = [self._score_batch(prompts[lo:hi], responses[lo:hi], conversations[lo:hi])
