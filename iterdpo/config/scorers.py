@@ -54,14 +54,10 @@ def _check_ratings(ratings: list[str]) -> None:
 
 
 @dataclass(frozen=True)
-class LLMJudgeOptions(Checked):
-    """A causal LM (Hub id, local folder or builtin) rating each response; see iterdpo/scorers/llm_judge.py."""
+class EngineOptions(Checked):
+    """A judge model's vLLM engine inside the judge actor (llm_judge, and pairwise_judge without a base_url)."""
 
-    model: str = ""
-    template: str = ""  # a text file with {prompt} and {response}; "" = the built-in rubric
-    # The rating tokens (one token each for the judge's tokenizer); a rating's value is the number it spells.
-    ratings: list[str] = field(default_factory=_default_ratings)
-    chat: Literal["auto", "yes", "no"] = "auto"  # the rubric as a chat turn (auto: when the model has a template)
+    chat: Literal["auto", "yes", "no"] = "auto"  # the judge's text as a chat turn (auto: when the model has a template)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: PositiveInt = 2048
     kv_cache_gib: PositiveFloat = 0.5  # the engine's KV cache, on a CPU or a GPU (per GPU: `iterdpo.core.engine`)
@@ -71,6 +67,16 @@ class LLMJudgeOptions(Checked):
 
     REMOVED: ClassVar[dict[str, str]] = {"gpu_memory_utilization": "vLLM ignores it once the KV cache is given: set "
                                                                    "kv_cache_gib"}
+
+
+@dataclass(frozen=True)
+class LLMJudgeOptions(EngineOptions):
+    """A causal LM (Hub id, local folder or builtin) rating each response; see iterdpo/scorers/llm_judge.py."""
+
+    model: str = ""
+    template: str = ""  # a text file with {prompt} and {response}; "" = the built-in rubric
+    # The rating tokens (one token each for the judge's tokenizer); a rating's value is the number it spells.
+    ratings: list[str] = field(default_factory=_default_ratings)
 
     def validate(self) -> None:
         if not self.model:
@@ -98,13 +104,19 @@ class EndpointOptions(Checked):
 
 
 @dataclass(frozen=True)
-class OpenAIJudgeOptions(EndpointOptions):
+class ServedLLMOptions(EndpointOptions):
+    """A served LLM answering with one token whose log-probs are read (openai_judge, pairwise_judge)."""
+
+    api: Literal["chat", "completions"] = "chat"  # chat: the server applies the model's chat template
+    top_logprobs: PositiveInt = 20  # read when the server cannot return the answers' own log-probs (not vLLM)
+
+
+@dataclass(frozen=True)
+class OpenAIJudgeOptions(ServedLLMOptions):
     """`llm_judge`'s rubric and expected-rating score, from a served model's log-probs (iterdpo/scorers/remote.py)."""
 
     template: str = ""  # as llm_judge's
     ratings: list[str] = field(default_factory=_default_ratings)
-    api: Literal["chat", "completions"] = "chat"  # chat: the server applies the model's chat template
-    top_logprobs: PositiveInt = 20  # read when the server cannot return the ratings' own log-probs (not vLLM)
 
     def validate(self) -> None:
         if not self.base_url:
@@ -133,7 +145,7 @@ def _default_choices() -> list[str]:
 
 
 @dataclass(frozen=True)
-class PairwiseJudgeOptions(EndpointOptions):
+class PairwiseJudgeOptions(ServedLLMOptions, EngineOptions):
     """Which of two responses is better, each pair asked in both orders, one score per response by a Bradley-Terry
     fit (iterdpo/scorers/pairwise.py). With `base_url`, the served `model` answers; without, `model` runs in the
     judge actor (a Hub id, a local folder or a builtin: name), as llm_judge's does."""
@@ -144,15 +156,6 @@ class PairwiseJudgeOptions(EndpointOptions):
     # samples' order first, then the next nearest: the comparisons stay connected from n - 1 on.
     max_comparisons: NonNegativeInt = 0
     prior_precision: PositiveFloat = 0.1  # of the Gaussian prior on the scores: keeps a clean sweep finite
-    api: Literal["chat", "completions"] = "chat"
-    top_logprobs: PositiveInt = 20
-    # The in-actor engine (as llm_judge's).
-    chat: Literal["auto", "yes", "no"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_model_len: PositiveInt = 2048
-    kv_cache_gib: PositiveFloat = 0.5
-    enforce_eager: bool | None = None
-    tensor_parallel_size: PositiveInt = 1
 
     def validate(self) -> None:
         if not self.model:

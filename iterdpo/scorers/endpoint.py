@@ -3,7 +3,7 @@
 A request that times out, cannot connect, or gets 429 or a 5xx is retried up to `retries` more times, waiting
 `backoff_s`, then twice that, ... (at most 30 s). What still fails then means the server is gone or overloaded:
 `EndpointDown` (a `ScorerError`, so the judge stops the round with one line naming the endpoint, and every finished
-round is kept for `iterdpo resume`). A 400 or 422 refuses one request's content (a response too long for the
+round is kept for `iterdpo resume`). A 400, 413 or 422 refuses one request's content (a response too long for the
 judge's context, say): `RequestRefused`, which the robust scorer isolates, so only those samples are dropped. A 401,
 403 or 404 will not change by retrying: `EndpointDown` at once (the pre-flight probe normally catches these).
 """
@@ -111,6 +111,3 @@ class Endpoint:
                 time.sleep(min(MAX_BACKOFF_S, self.backoff_s * 2**attempt))
         attempts = self.retries + 1
         raise EndpointDown(f"judge endpoint {url}: {problem} ({attempts} attempt{'s' if attempts > 1 else ''})")
-
-    def close(self) -> None:
-        self.client.close()

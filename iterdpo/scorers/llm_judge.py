@@ -64,16 +64,17 @@ def fill(template: str, values: dict[str, str]) -> str:
     return pattern.sub(lambda match: values[match.group(0)[1:-1]], template)
 
 
+def single_token(word: str, ids: list[int], field: str) -> int:
+    """The one token id of `word` (`ids`, as the judge model's tokenizer spells it); more is a ConfigError."""
+    if len(ids) != 1:
+        raise ConfigError(f"{field}: '{word}' is {len(ids)} tokens for the judge model's tokenizer, expected one "
+                          "(choose single tokens, e.g. digits)")
+    return int(ids[0])
+
+
 def single_token_ids(tokenizer: Any, words: list[str], field: str) -> list[int]:
     """The token id of each word, each of which must be one token for `tokenizer`."""
-    token_ids = []
-    for word in words:
-        ids = tokenizer.encode(word, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ConfigError(f"{field}: '{word}' is {len(ids)} tokens for the judge model's tokenizer, expected "
-                              "one (choose single tokens, e.g. digits)")
-        token_ids.append(ids[0])
-    return token_ids
+    return [single_token(word, tokenizer.encode(word, add_special_tokens=False), field) for word in words]
 
 
 def normalised(logprobs: list[float]) -> list[float]:

@@ -29,7 +29,7 @@ from iterdpo.core.errors import ConfigError
 from iterdpo.core.records import Message, conversations_of
 from iterdpo.scorers.endpoint import Endpoint, EndpointDown, RequestRefused, server_root
 from iterdpo.scorers.llm_judge import (DEFAULT_RUBRIC, PLACEHOLDERS, expected_value, normalised, read_template,
-                                       rubric_text)
+                                       rubric_text, single_token)
 
 TOKEN_ID_KEY = "token_id:"  # how vLLM names a token with return_tokens_as_token_ids
 
@@ -77,10 +77,7 @@ class EndpointChoices:
             tokens = reply.get("tokens") if isinstance(reply, dict) else None
             if not isinstance(tokens, list):
                 return None
-            if len(tokens) != 1:
-                raise ConfigError(f"{self.field}: '{answer}' is {len(tokens)} tokens for the judge model's "
-                                  "tokenizer, expected one (choose single tokens, e.g. digits)")
-            ids.append(int(tokens[0]))
+            ids.append(single_token(answer, tokens, self.field))
         return ids
 
     def _body(self, text: str) -> dict[str, Any]:

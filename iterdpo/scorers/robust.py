@@ -84,7 +84,7 @@ class RobustScorer:
         if len(prompts) != len(responses):
             raise ValueError(f"scorer '{self.name}': {len(prompts)} prompts but {len(responses)} responses")
         conversations = conversations_of(prompts, conversations)
-        self._counts: dict[str, float] = {}
+        self._counts = {}
         units = self._units(conversations)
         parts = [self._score_batch(prompts[lo:hi], responses[lo:hi], conversations[lo:hi])
                  for lo, hi in self._mini_batches(units)]
