@@ -12,25 +12,20 @@ import logging
 import math
 import os
 import random
-import shutil
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors.torch import save as safetensors_bytes
-from safetensors.torch import save_file as save_safetensors
 
 from iterdpo.core.devices import device_kind
 from iterdpo.core.ports import free_port
 from iterdpo.training import lora
-from iterdpo.core.atomic import atomic_folder, atomic_write
 from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.training.losses import LOSSES, LossInputs, LossParams, TrainingHook, preference_loss
 from iterdpo.data.models import local_path, resolve_model
-from iterdpo.core.records import Pair, PairLogps, TrainResult, pair_sequences
+from iterdpo.core.records import Pair, PairLogps, PolicyState, TrainResult, pair_sequences
 from iterdpo.core.seeds import epoch_seed
 from iterdpo.training.sequences import ResponseLogprobs, Sequence, TokenBatch, collate, per_token_lists
 from iterdpo.core.sharding import shard_bounds
@@ -38,6 +33,14 @@ from iterdpo.data.weight_files import hash_state, read_weights
 
 
 TIED_HEAD = "lm_head.weight"  # a causal LM's output head: with tied embeddings, the input embedding again
+
+# Weights an actor is given: a model location (pi0: a Hub id, `builtin:` name or folder, resolved on this node) or
+# weights that came through Ray (a checkpoint or an EMA the driver read from its run directory).
+WeightsSource = str | PolicyState
+
+
+def _tensors(source: WeightsSource) -> dict[str, torch.Tensor]:
+    return source.tensors if isinstance(source, PolicyState) else read_weights(local_path(source))
 
 
 @dataclass(frozen=True)
@@ -139,31 +142,31 @@ class Learner:
         scored = self._score(pair_sequences(pairs))
         return PairLogps.from_tokens(scored[: len(pairs)], scored[len(pairs) :], self.weights_hash())
 
-    def reference_logprobs(self, pairs: list[Pair], weights_file: str | None = None) -> PairLogps:
+    def reference_logprobs(self, pairs: list[Pair], weights: WeightsSource | None = None) -> PairLogps:
         """Summed log-probs of chosen and rejected responses under the current (round-start) weights, or under the
-        weights in `weights_file` (pi0, an EMA of past policies)."""
-        with self._weights(weights_file):
+        weights `weights` (pi0, an EMA of past policies)."""
+        with self._weights(weights):
             return self._pair_logps(pairs)
 
-    def logprobs(self, sequences: list[Sequence], weights_file: str | None = None) -> list[list[float]]:
+    def logprobs(self, sequences: list[Sequence], weights: WeightsSource | None = None) -> list[list[float]]:
         """Per-token log-probs of each response, under the current weights (the weight-sync parity check) or under
-        the weights in `weights_file` (pi0, for the held-out KL to it)."""
-        with self._weights(weights_file):
+        the weights `weights` (pi0, for the held-out KL to it)."""
+        with self._weights(weights):
             return self._score(sequences)
 
     @contextlib.contextmanager
-    def _weights(self, weights_file: str | None) -> Iterator[None]:
-        """The weights in `weights_file` (a safetensors file, a model folder or a model location) swapped in for the
-        block, in eval mode; None keeps the current ones. No second model stays resident."""
+    def _weights(self, weights: WeightsSource | None) -> Iterator[None]:
+        """`weights` swapped in for the block, in eval mode; None keeps the current ones. No second model stays
+        resident."""
         self.engine.eval()
-        if weights_file is None:
+        if weights is None:
             yield
         elif self.adapter is not None:
-            with self.adapter.swapped(read_weights(local_path(weights_file))):
+            with self.adapter.swapped(_tensors(weights)):
                 yield
         else:
             current = self.export_weights()
-            self._copy_into_module(read_weights(local_path(weights_file)))
+            self._copy_into_module(_tensors(weights))
             try:
                 yield
             finally:
@@ -279,43 +282,35 @@ class Learner:
             return {name: tensor.detach().to("cpu", copy=copy) for name, tensor in module.state_dict().items()
                     if name != skip}
 
-    def save_weights(self, folder: str) -> str:
-        """Writes the policy as a Hugging Face folder (safetensors, config and tokenizer of the original model)
-        that transformers and vLLM load; atomically. Returns the weights' hash. In a learner group rank 0 writes;
-        the other ranks only take part in gathering ZeRO-3 shards."""
+    def checkpoint(self) -> PolicyState:
+        """The policy as it travels to the driver, which writes the run directory (a checkpoint): the full state
+        (with LoRA, the merge, and the adapter itself). In a learner group rank 0 returns the weights; the other
+        ranks take part in gathering ZeRO-3 shards and return the hash alone."""
+        state = self.export_weights()
+        weights_hash = hash_state(state)
         if self.rank != 0:
-            return self.weights_hash()
-        with atomic_folder(Path(folder)) as tmp:
-            for item in Path(self.model_dir).iterdir():
-                if item.is_file() and not item.name.endswith((".safetensors", ".bin", ".index.json")):
-                    shutil.copy2(item, tmp / item.name)
-            state = self.export_weights()
-            save_safetensors(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            if self.adapter is not None:  # what a rollback puts back: the merge alone would not resume training
-                self.adapter.save(tmp / lora.ADAPTER_DIR)
-        return hash_state(state)
+            return PolicyState({}, weights_hash)
+        return PolicyState(state, weights_hash, self.adapter.saved() if self.adapter is not None else None)
 
-    def load_weights(self, weights_file: str) -> str:
-        """Makes the weights in `weights_file` the policy's (a rollback): the module and the optimizer's own
-        fp32 copies both. With LoRA, a checkpoint's saved adapter goes back over the same base weights; weights
+    def load_weights(self, source: WeightsSource) -> str:
+        """Makes `source`'s weights the policy's (a rollback, a resume, a restart): the module and the optimizer's
+        own fp32 copies both. With LoRA, a checkpoint's adapter goes back over the same base weights; weights
         without one become the base under the initial adapter. Returns the hash of the weights now in place."""
-        if self.adapter is None or not self.adapter.restore(weights_file):
-            self._copy_into_module(read_weights(local_path(weights_file)))
+        if self.adapter is not None and isinstance(source, PolicyState) and source.adapter is not None:
+            self.adapter.restore(source.adapter)
+        else:
+            self._copy_into_module(_tensors(source))
         if hasattr(self.optimizer, "refresh_fp32_params"):
             self.optimizer.refresh_fp32_params()  # ZeRO keeps master copies that the next step would write back
         return self.weights_hash()
 
-    def update_ema(self, source: str, target: str, rate: float) -> str:
-        """Writes rate * ema + (1 - rate) * policy to `target`, where ema is read from `source` (a previous EMA
-        file, or pi0's folder to start). Returns the new EMA's hash; rank 0 of a learner group writes it."""
-        ema = read_weights(local_path(source))
+    def update_ema(self, source: WeightsSource, rate: float) -> PolicyState:
+        """rate * ema + (1 - rate) * policy, where ema is `source` (the previous EMA, or pi0 to start), for the
+        driver to write; the other ranks of a learner group return its hash alone."""
+        ema = _tensors(source)
         policy = self.export_weights()
         blended = {name: rate * ema[name] + (1.0 - rate) * policy[name] for name in ema}
-        if self.rank != 0:
-            return hash_state(blended)
-        data = safetensors_bytes(blended, metadata={"format": "pt"})
-        atomic_write(Path(target), lambda handle: handle.write(data))
-        return hash_state(blended)
+        return PolicyState(blended if self.rank == 0 else {}, hash_state(blended))
 
     def _copy_into_module(self, state: dict[str, torch.Tensor]) -> None:
         if self.adapter is not None:

@@ -51,6 +51,6 @@ def run(
         cfg, stem = load_config(config, overrides), Path(config).stem
     if schedule is not None:
         check_schedule_length(len(schedule.rounds), cfg.run.rounds)
-    target = Path(run_dir) if run_dir else new_run_dir(Path(cfg.run.runs_dir), stem)
+    target = Path(run_dir) if run_dir else new_run_dir(cfg.run.runs_dir, stem)
     fresh = not RunDir(target).metrics.exists()  # a folder holding an interrupted run is resumed
     return RunResult(run_dir=target, rows=run_rounds(cfg, target, schedule, fresh=fresh))

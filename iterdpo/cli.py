@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_command(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(Path(cfg.run.runs_dir), Path(args.config).stem)
+    run_dir = Path(args.run_dir) if args.run_dir else new_run_dir(cfg.run.runs_dir, Path(args.config).stem)
     return _run(cfg, run_dir, fresh=True)
 
 

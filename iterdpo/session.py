@@ -32,7 +32,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Iterator
 
 from iterdpo.core.errors import ConfigError, RunError
-from iterdpo.rundir.layout import RunDir, check_new
+from iterdpo.rundir.layout import RunDir, check_new, placed
 
 if TYPE_CHECKING:
     from iterdpo.config.schedule import Schedule
@@ -60,14 +60,15 @@ def run_rounds(cfg: Config, run_dir: Path, schedule: Schedule | None = None, fre
     from iterdpo.rounds.orchestrator import Orchestrator
 
     started = time.time()
+    run_dir = placed(run_dir)
     with locked(run_dir), stop_on_signals():
         if fresh:
             check_new(run_dir)
         started_ray = not ray.is_initialized()
         try:
             with log_file(run_dir):
+                log.info("run directory: %s (on %s; only this process writes it)", run_dir, socket.gethostname())
                 orchestrator = Orchestrator(cfg, run_dir, schedule)
-                log.info("run directory: %s", run_dir)
                 try:
                     return orchestrator.run()
                 finally:

@@ -4,9 +4,10 @@
     python tests/fake_gpus.py check N ARG...          `iterdpo check ARG...` against this node
 
 `devices` starts, for each actor the config asks for, a probe actor with exactly the Ray options the run's groups
-give that actor (resources, placement, environment: `GeneratorGroup.actor_options`, `JudgeGroup.actor_options`,
-`LearnerGroup.rank_options`), all alive at once as in a run, and asks each for the GPUs Ray gave it, the devices it
-sees and the device the run's code would pick (`iterdpo.core.devices`)."""
+give that actor (resources and environment: `GeneratorGroup.actor_options`, `JudgeGroup.actor_options`,
+`LearnerGroup.rank_options`, each in its bundle of the run's placement group), all alive at once as in a run, and
+asks each for the GPUs Ray gave it, the devices it sees and the device the run's code would pick
+(`iterdpo.core.devices`)."""
 
 import json
 import logging
@@ -31,13 +32,17 @@ def devices(overrides: list[str]) -> dict:
 
     from iterdpo.config.loading import config_from_dict
     from iterdpo.rounds.groups import GeneratorGroup, JudgeGroup, LearnerGroup
+    from iterdpo.rounds.placement import ROLES, Placement
     from iterdpo.rounds.runtime import actor_env
 
     cfg = config_from_dict({}, overrides)
     base = {"runtime_env": {"env_vars": actor_env()}, "max_restarts": 0}
-    options = {"generator": [GeneratorGroup.actor_options(cfg.generator, base)] * cfg.generator.replicas,
-               "judge": [JudgeGroup.actor_options(cfg.judge, base)] * cfg.judge.replicas,
-               "learner": LearnerGroup.rank_options(cfg.learner, base)[0]}
+    placement = Placement.reserve({role: getattr(cfg, role) for role in ROLES}, 60)
+    options = {"generator": [{**GeneratorGroup.actor_options(cfg.generator, base),
+                              **placement.options("generator", i)} for i in range(cfg.generator.replicas)],
+               "judge": [{**JudgeGroup.actor_options(cfg.judge, base), **placement.options("judge", i)}
+                         for i in range(cfg.judge.replicas)],
+               "learner": LearnerGroup.rank_options(cfg.learner, base, placement)[0]}
     probes = {role: [ray.remote(Probe).options(**option).remote() for option in group]
               for role, group in options.items()}
     return {role: ray.get([probe.report.remote() for probe in group]) for role, group in probes.items()}

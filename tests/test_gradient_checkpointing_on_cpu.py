@@ -10,7 +10,7 @@ from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.core.records import Pair
 from random_pairs import random_pairs
 from iterdpo.rounds.runtime import actor_env
-from iterdpo.data.weight_files import read_weights
+
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,7 @@ def _train(checkpointing: bool, tmp_path) -> tuple[list[float], dict, bool]:
         pairs = _pairs()
         reference = ray.get(learner.reference_logprobs.remote(pairs))
         result = ray.get(learner.train.remote(pairs, reference, RoundConfig(learning_rate=1e-3, epochs=2), 0, 0))
-        folder = tmp_path / ("checkpointed" if checkpointing else "plain")
-        ray.get(learner.save_weights.remote(str(folder)))
-        return result.losses, read_weights(folder), enabled
+        return result.losses, ray.get(learner.checkpoint.remote()).tensors, enabled
     finally:
         ray.kill(learner)
 

@@ -35,7 +35,7 @@ def group_run(ray_session, tmp_path_factory):
         return {
             "rows": rows,
             "sizes": (len(orchestrator.groups.generators.actors), len(orchestrator.groups.learners.actors)),
-            "placed": orchestrator.groups.learners.placement is not None,
+            "placed": _placement_groups(orchestrator),
             "tolerance": orchestrator.cfg.sync.parity_tolerance,
             "parity": parity,
             "prompts": prompts,
@@ -47,9 +47,20 @@ def group_run(ray_session, tmp_path_factory):
         orchestrator.shutdown()  # its actors hold the node's CPUs
 
 
+def _placement_groups(orchestrator) -> tuple[list[str], str]:
+    groups = orchestrator.groups
+    actors = [*groups.generators.actors, *groups.judges.actors, *groups.learners.actors]
+    placed = ray.get([actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_placement_group_id())
+                      for actor in actors])
+    return placed, groups.placement.group.id.hex()
+
+
 def test_two_rounds_with_parity_on_every_engine(group_run):
     rows, tolerance = group_run["rows"], group_run["tolerance"]
-    assert group_run["sizes"] == (2, 2) and group_run["placed"]
+    assert group_run["sizes"] == (2, 2)
+    # every actor in its bundle of the run's one placement group
+    placed, run_group = group_run["placed"]
+    assert run_group and set(placed) == {run_group} and len(placed) == 5
     assert [row["round"] for row in rows] == [0, 1, 2]
     for row in rows[1:]:
         assert row["pairs/count"] > 0

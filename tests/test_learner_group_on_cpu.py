@@ -11,6 +11,8 @@ from ray import cloudpickle
 
 from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.rounds.groups import LearnerGroup
+from iterdpo.rounds.placement import Placement
+from iterdpo.rundir.checkpoints import read_checkpoint, write_checkpoint
 from iterdpo.data.models import resolve_model
 from iterdpo.rounds.runtime import actor_env
 from iterdpo.core.records import Pair
@@ -45,10 +47,18 @@ def _backend(_learner) -> str:
     return torch.distributed.get_backend()
 
 
+def _saved_and_loaded(group: LearnerGroup, folder) -> tuple[str, str]:
+    """The weights through the driver's disk and back, as a checkpoint and a rollback take them."""
+    write_checkpoint(folder, group.checkpoint(), resolve_model("builtin:tiny-qwen2", weights=False))
+    state = read_checkpoint(folder)
+    return state.weights_hash, group.load_weights(ray.put(state))
+
+
 def _train(replicas: int, folder, zero_stage: int = 2) -> dict:
     cfg = LearnerConfig(replicas=replicas, num_cpus=0.5, zero_stage=zero_stage, micro_batch_size=GLOBAL_BATCH)
+    placement = Placement.reserve({"learner": cfg}, 60)
     group = LearnerGroup.create(ModelConfig(path="builtin:tiny-qwen2"), cfg, 0,
-                                {"runtime_env": {"env_vars": actor_env()}})
+                                {"runtime_env": {"env_vars": actor_env()}}, placement)
     try:
         pairs = ray.put(_pairs(PAIRS))
         (reference,) = group.results([group.reference_logprobs(pairs, None)])
@@ -57,14 +67,16 @@ def _train(replicas: int, folder, zero_stage: int = 2) -> dict:
             "reference": reference,
             "result": result,
             "weights": ray.get(group.export_weights()),
-            "saved_and_loaded": (group.save_weights(str(folder)), group.load_weights(str(folder))),
+            "saved_and_loaded": _saved_and_loaded(group, folder),
             "adam": ray.get([actor.__ray_call__.remote(_adam_state_numel) for actor in group.actors]),
             "hashes": ray.get([actor.weights_hash.remote() for actor in group.actors]),
-            "placed": group.placement is not None,
+            "placed": ray.get([actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_placement_group_id())
+                               for actor in group.actors]) == [placement.group.id.hex()] * replicas,
             "backends": ray.get([actor.__ray_call__.remote(_backend) for actor in group.actors]),
         }
     finally:
         group.kill()
+        placement.remove()
 
 
 @pytest.fixture(scope="module")

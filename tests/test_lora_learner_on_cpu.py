@@ -2,6 +2,7 @@
 adapter trains, and every weight that leaves the learner is the merged model under Hugging Face names."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -15,6 +16,7 @@ from iterdpo.rounds.runtime import actor_env
 from iterdpo.core.records import Pair
 from random_pairs import random_pairs
 from iterdpo.data.weight_files import hash_state, read_weights
+from iterdpo.rundir.checkpoints import read_checkpoint, write_checkpoint
 
 pytestmark = pytest.mark.slow
 # The helpers below run inside the learner actor (`__ray_call__`), where this test module cannot be imported.
@@ -108,7 +110,9 @@ def test_checkpoint_restores_the_policy_exactly(trained, model_dir, tmp_path):
 
     learner, _, pi0_hash, _, result = trained
     folder = tmp_path / "round_001"
-    assert ray.get(learner.save_weights.remote(str(folder))) == result.after.weights_hash
+    state = ray.get(learner.checkpoint.remote())  # what the driver writes into the run directory
+    write_checkpoint(folder, state, Path(model_dir))
+    assert state.weights_hash == result.after.weights_hash
     exported = ray.get(learner.export_weights.remote())
     # The folder is a plain Hugging Face model of the merged weights, and its adapter is a peft adapter.
     plain = AutoModelForCausalLM.from_pretrained(folder).state_dict()
@@ -118,7 +122,7 @@ def test_checkpoint_restores_the_policy_exactly(trained, model_dir, tmp_path):
     assert max((merged[name] - exported[name]).abs().max().item() for name in exported) <= TOLERANCE
 
     assert ray.get(learner.load_weights.remote(model_dir)) == pi0_hash  # a rollback to pi0: no adapter there
-    assert ray.get(learner.load_weights.remote(str(folder))) == result.after.weights_hash
+    assert ray.get(learner.load_weights.remote(read_checkpoint(folder))) == result.after.weights_hash
 
 
 def test_other_references_are_swapped_in_only_while_scoring(trained, model_dir):
@@ -141,9 +145,10 @@ def test_other_zero_stages_train_and_restore(ray_session, model_dir, tmp_path, z
         reference = ray.get(learner.reference_logprobs.remote(pairs))
         result = ray.get(learner.train.remote(pairs, reference, RoundConfig(learning_rate=1e-2), 0, 0))
         assert result.after.weights_hash != reference.weights_hash
-        saved = ray.get(learner.save_weights.remote(str(tmp_path / "ckpt")))
+        write_checkpoint(tmp_path / "ckpt", ray.get(learner.checkpoint.remote()), Path(model_dir))
         assert ray.get(learner.load_weights.remote(model_dir)) == reference.weights_hash
-        assert ray.get(learner.load_weights.remote(str(tmp_path / "ckpt"))) == saved == result.after.weights_hash
+        saved = read_checkpoint(tmp_path / "ckpt")
+        assert ray.get(learner.load_weights.remote(saved)) == saved.weights_hash == result.after.weights_hash
     finally:
         ray.kill(learner)
 

@@ -18,21 +18,31 @@ from iterdpo.core.typed import build
 log = logging.getLogger("iterdpo")
 
 
-def actor_resources(cfg: Config) -> dict[str, float]:
-    """CPUs and GPUs all actors ask Ray for: every replica of the generator, judge and learner groups."""
+def actor_resources(cfg: Config, custom: bool = False) -> dict[str, float]:
+    """CPUs and GPUs all actors ask Ray for: every replica of the generator, judge and learner groups; with `custom`
+    their custom resources too."""
     groups = (cfg.generator, cfg.judge, cfg.learner)
-    return {"CPU": sum(g.replicas * g.num_cpus for g in groups), "GPU": sum(g.replicas * g.num_gpus for g in groups)}
+    total = {"CPU": sum(g.replicas * g.num_cpus for g in groups), "GPU": sum(g.replicas * g.num_gpus for g in groups)}
+    for group in groups if custom else ():
+        for name, amount in group.resources.items():
+            total[name] = total.get(name, 0.0) + group.replicas * amount
+    return total
 
 
-def check_resources(cfg: Config, available: Mapping[str, float], source: str) -> None:
-    """Actors that can never be placed would wait forever: refuse a config asking for more than `available`.
-    `source` names whose resources those are, with `{have}` where the amount goes, e.g. "run.num_cpus={have}"."""
-    for resource, amount in actor_resources(cfg).items():
+_FIELDS = {"CPU": "num_cpus", "GPU": "num_gpus"}
+
+
+def check_resources(cfg: Config, available: Mapping[str, float], source: str, custom: bool = True) -> None:
+    """Actors that can never be placed would wait forever: refuse a config asking for more than `available` (of
+    CPUs and GPUs, and with `custom` of the custom resources the groups ask for). `source` names whose resources
+    those are, with `{have}` where the amount goes, e.g. "run.num_cpus={have}"."""
+    for resource, amount in actor_resources(cfg, custom=custom).items():
         have = available.get(resource, 0.0)
         if amount > have + 1e-9:
             raise ConfigError(
                 f"actor resources: generator, judge and learner ask for {amount:g} {resource}s in all, more than "
-                f"{source.format(have=f'{have:g}')} (lower generator/judge/learner.num_{resource.lower()}s or replicas)")
+                f"{source.format(have=f'{have:g}')} (lower generator/judge/learner."
+                f"{_FIELDS.get(resource, 'resources')} or replicas)")
 
 
 # The parity check's bounds with bf16 anywhere (README: bf16; benchmarks/parity_thresholds.py). Between the bf16
@@ -56,7 +66,7 @@ def _check_across_sections(cfg: Config) -> None:
                               f"correct half-precision computations reaches {measured:g}), got "
                               f"{getattr(cfg.sync, name):g}")
     if cfg.run.num_cpus:
-        check_resources(cfg, {"CPU": cfg.run.num_cpus, "GPU": math.inf}, "run.num_cpus={have}")
+        check_resources(cfg, {"CPU": cfg.run.num_cpus, "GPU": math.inf}, "run.num_cpus={have}", custom=False)
     for index in range(len(cfg.schedule) + 1):
         warn_ineffective(round_settings(cfg, cfg.schedule, index), f"schedule[{index - 1}]" if index else "round")
     _check_pairwise_plans(cfg)

@@ -56,6 +56,9 @@ class GeneratorConfig(Checked):
     replicas: PositiveInt = 1
     num_cpus: NonNegativeFloat = 0.5
     num_gpus: NonNegativeFloat = 0.0
+    # Custom Ray resources each of these actors asks for (`ray start --resources '{"trainer": 2}'`): pins the group to
+    # the nodes that have them (README: Clusters).
+    resources: dict[str, NonNegativeFloat] = field(default_factory=dict)
     # The engine's CPU threads. vLLM's CPU backend takes them once, from OMP_NUM_THREADS (which Ray would set to 1
     # for an actor with num_cpus < 1): generating with both of a 2-core machine's cores is 1.7x faster, and the
     # learner is idle while the engine generates.
@@ -104,6 +107,9 @@ class JudgeConfig(Checked):
     replicas: PositiveInt = 1
     num_cpus: NonNegativeFloat = 0.5
     num_gpus: NonNegativeFloat = 0.0
+    # Custom Ray resources each of these actors asks for (`ray start --resources '{"trainer": 2}'`): pins the group to
+    # the nodes that have them (README: Clusters).
+    resources: dict[str, NonNegativeFloat] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.scorers:
@@ -164,6 +170,9 @@ class LearnerConfig(Checked):
     replicas: PositiveInt = 1
     num_cpus: NonNegativeFloat = 1.0
     num_gpus: NonNegativeFloat = 0.0
+    # Custom Ray resources each of these actors asks for (`ray start --resources '{"trainer": 2}'`): pins the group to
+    # the nodes that have them (README: Clusters).
+    resources: dict[str, NonNegativeFloat] = field(default_factory=dict)
     # ZeRO partitions optimizer state (1), gradients (2) and weights (3) across ranks: a lone learner gains nothing
     # from it, and stage 2 copies every gradient into its flat buffers.
     zero_stage: Literal[0, 1, 2, 3] = 0
@@ -271,6 +280,9 @@ class RunConfig(Checked):
     # optional installs: pip install 'iterdpo[trackers]'; see iterdpo/rundir/trackers.py).
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
     project: str = "iterdpo"  # the W&B project / MLflow experiment
+    # How long the run waits for the cluster to place all its actors (`iterdpo.rounds.placement`) before it stops
+    # with one line saying what could not be placed.
+    placement_timeout_s: PositiveFloat = 120.0
 
 
 @dataclass(frozen=True)

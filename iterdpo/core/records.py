@@ -99,3 +99,24 @@ class TrainResult:
 def conversations_of(prompts: list[str], conversations: list[list[Message]] | None) -> list[list[Message]]:
     """Each prompt's conversation: the ones given, or each plain prompt as one user turn."""
     return conversations or [[{"role": "user", "content": prompt}] for prompt in prompts]
+
+
+@dataclass
+class AdapterState:
+    """A LoRA adapter as it travels: its tensors (peft's names), peft's config (the JSON text of
+    adapter_config.json) and the hash of the base weights it was trained on."""
+
+    tensors: dict[str, Any]
+    config_json: str
+    base_hash: str
+
+
+@dataclass
+class PolicyState:
+    """The policy's weights as they travel through Ray between the learner and the driver, never as a path on
+    another node's disk: the full state dict with Hugging Face names (with LoRA, the merged weights), its hash, and
+    with LoRA the adapter itself. A rank that only took part in gathering ZeRO-3 shards returns the hash alone."""
+
+    tensors: dict[str, Any]
+    weights_hash: str
+    adapter: AdapterState | None = None

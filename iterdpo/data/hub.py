@@ -80,8 +80,12 @@ def pin(ref: HubRef, folder: Path) -> HubRef:
     return HubRef(ref.repo_id, folder.name) if _COMMIT.match(folder.name) else ref
 
 
-def hub_env() -> dict[str, str]:
-    """The Hugging Face settings of this process that actors on other nodes must share (never the token: a node
-    has its own login or HF_TOKEN)."""
-    names = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_DATASETS_CACHE")
+HUB_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE")  # folders: each node has its own
+
+
+def hub_env(with_caches: bool = True) -> dict[str, str]:
+    """The Hugging Face settings of this process that the actors share (never the token: a node has its own login
+    or HF_TOKEN); the cache folders only `with_caches` (actors on this machine: on another node a folder of this
+    one means nothing)."""
+    names = ("HF_HUB_OFFLINE", "HF_ENDPOINT") + (HUB_CACHE_VARIABLES if with_caches else ())
     return {name: os.environ[name] for name in names if name in os.environ}

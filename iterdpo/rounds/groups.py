@@ -3,7 +3,8 @@ processes.
 
 Generators and judges are independent: a phase's prompts (samples) are split into contiguous shards, one remote call
 per actor and one `ray.get`, and the results are concatenated in order. Learners form one DeepSpeed data-parallel group
-(gloo on CPU, nccl on GPU, as DeepSpeed's accelerator picks), placed by a Ray placement group: calls that change
+(gloo on CPU, nccl on GPU, as DeepSpeed's accelerator picks), in the run's placement group (`iterdpo.rounds.
+placement`): calls that change
 the weights go to every rank, calls that only read them go to rank 0 (to every rank under ZeRO-3, whose forward
 passes gather shards collectively), and results come from rank 0 once the ranks agree on the weights' hash.
 
@@ -18,15 +19,13 @@ import os
 from typing import Any
 
 import ray
-from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from actors.generator import Generator
 from actors.judge import Judge
-from actors.learner import Learner, Rank
+from actors.learner import Learner, Rank, WeightsSource
 from iterdpo.config.schema import Config, GeneratorConfig, JudgeConfig, LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.config.scorers import engine_options
-from iterdpo.core.records import (Message, Pair, PairLogps, Prompt, Sample, Sampling, TrainResult,
+from iterdpo.core.records import (Message, Pair, PairLogps, PolicyState, Prompt, Sample, Sampling, TrainResult,
                                   pair_sequences)
 from iterdpo.scorers.combine import JudgeResult
 from iterdpo.core.ports import free_port
@@ -34,11 +33,11 @@ from iterdpo.core.seeds import shard_seed
 from iterdpo.core.engine import engine_env
 from iterdpo.core.errors import RunError
 from iterdpo.core.sharding import conversation_key, prompt_shard_bounds, shard_bounds
+from iterdpo.rounds.placement import ROLES, Placement
 
 log = logging.getLogger("iterdpo")
 
-PLACEMENT_TIMEOUT_S = 60.0  # a placement group not ready by then cannot be placed on this cluster as it is
-
+NOWHERE = Placement.anywhere()  # a group created outside a run (a tool, a test): Ray places its actors
 
 class GroupError(RuntimeError):
     """The ranks of a learner group disagree: their weights are no longer one model."""
@@ -59,12 +58,15 @@ class GeneratorGroup:
         """Each engine's Ray options: its resources, and its process's threads and engine mode (`iterdpo.core.
         engine`) on top of every actor's environment."""
         env = {"OMP_NUM_THREADS": str(cfg.torch_threads), **engine_env(cfg.tensor_parallel_size)}
-        return {**with_env(options, env), "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+        return {**with_env(options, env), "num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                "resources": cfg.resources}
 
     @classmethod
-    def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any]) -> GeneratorGroup:
-        remote = ray.remote(Generator).options(**cls.actor_options(cfg, options))
-        return cls([remote.remote(model, cfg, seed) for _ in range(cfg.replicas)])
+    def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any],
+               placement: Placement = NOWHERE) -> GeneratorGroup:
+        remote = ray.remote(Generator)
+        return cls([remote.options(**cls.actor_options(cfg, options), **placement.options("generator", i)
+                                   ).remote(model, cfg, seed) for i in range(cfg.replicas)])
 
     @property
     def first(self) -> Any:
@@ -128,12 +130,13 @@ class JudgeGroup:
         keys = {name: os.environ[name] for name in (spec.options.get("api_key_env") for spec in cfg.scorers)
                 if name and name in os.environ}
         return {**with_env(options, {**engine_env(spans), **keys}), "num_cpus": cfg.num_cpus,
-                "num_gpus": cfg.num_gpus}
+                "num_gpus": cfg.num_gpus, "resources": cfg.resources}
 
     @classmethod
-    def create(cls, cfg: JudgeConfig, options: dict[str, Any]) -> JudgeGroup:
-        remote = ray.remote(Judge).options(**cls.actor_options(cfg, options))
-        return cls([remote.remote(cfg) for _ in range(cfg.replicas)])
+    def create(cls, cfg: JudgeConfig, options: dict[str, Any], placement: Placement = NOWHERE) -> JudgeGroup:
+        remote = ray.remote(Judge)
+        return cls([remote.options(**cls.actor_options(cfg, options), **placement.options("judge", i)).remote(cfg)
+                    for i in range(cfg.replicas)])
 
     @property
     def first(self) -> Any:
@@ -160,41 +163,39 @@ class JudgeGroup:
 
 
 class LearnerGroup:
-    def __init__(self, actors: list[Any], cfg: LearnerConfig, placement: PlacementGroup | None = None) -> None:
+    def __init__(self, actors: list[Any], cfg: LearnerConfig) -> None:
         self.actors = actors
         self.cfg = cfg
-        self.placement = placement
 
     @staticmethod
-    def rank_options(cfg: LearnerConfig, options: dict[str, Any]
-                     ) -> tuple[list[dict[str, Any]], PlacementGroup | None, tuple[str, int] | None]:
-        """Each rank's Ray options (its resources, and where it runs), the placement group that holds the ranks and
-        the group's rendezvous (rank 0's node address and a free port there); a lone learner has neither. Ray does
-        not restart a group's ranks (a new process cannot rejoin a running group): the orchestrator rebuilds the
-        whole group instead."""
-        resources = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+    def rank_options(cfg: LearnerConfig, options: dict[str, Any], placement: Placement = NOWHERE
+                     ) -> tuple[list[dict[str, Any]], tuple[str, int] | None]:
+        """Each rank's Ray options (its resources, and its bundle of the run's placement group) and the group's
+        rendezvous (rank 0's node address and a free port there); a lone learner has none. Ray does not restart a
+        group's ranks (a new process cannot rejoin a running group): the orchestrator rebuilds the whole group."""
+        resources = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "resources": cfg.resources}
+        ranks = [{**options, **resources, **placement.options("learner", i)} for i in range(cfg.replicas)]
         if cfg.replicas == 1:
-            return [{**options, **resources}], None, None
-        placement = _placement(cfg)
-        first = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0) if placement else "DEFAULT"
-        address, port, node = ray.get(_rendezvous.options(scheduling_strategy=first).remote())
-        strategies = ([PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i)
-                       for i in range(cfg.replicas)] if placement else
-                      [NodeAffinitySchedulingStrategy(node, soft=False)] * cfg.replicas)
-        ranks = [{**options, "max_restarts": 0, **resources, "scheduling_strategy": strategy}
-                 for strategy in strategies]
-        return ranks, placement, (address, port)
+            return ranks, None
+        try:
+            address, port = ray.get(_rendezvous.options(**placement.options("learner", 0)).remote(),
+                                    timeout=placement.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise RunError(f"learner rank 0's place in the cluster did not answer within {placement.timeout_s:g} s "
+                           "(run.placement_timeout_s)") from None
+        return [{**rank, "max_restarts": 0} for rank in ranks], (address, port)
 
     @classmethod
-    def create(cls, model: ModelConfig, cfg: LearnerConfig, seed: int, options: dict[str, Any]) -> LearnerGroup:
+    def create(cls, model: ModelConfig, cfg: LearnerConfig, seed: int, options: dict[str, Any],
+               placement: Placement = NOWHERE) -> LearnerGroup:
         """One learner as always, or `cfg.replicas` ranks of one process group (`rank_options`)."""
-        ranks, placement, rendezvous = cls.rank_options(cfg, options)
+        ranks, rendezvous = cls.rank_options(cfg, options, placement)
         remote = ray.remote(Learner)
         if rendezvous is None:
             return cls([remote.options(**ranks[0]).remote(model, cfg, seed)], cfg)
         actors = [remote.options(**rank).remote(model, cfg, seed, Rank(i, cfg.replicas, *rendezvous))
                   for i, rank in enumerate(ranks)]
-        return cls(actors, cfg, placement)
+        return cls(actors, cfg)
 
     @property
     def first(self) -> Any:
@@ -207,12 +208,13 @@ class LearnerGroup:
 
     # -- calls: each returns pending results (one per rank called); `results` waits for them in one `ray.get` ----
 
-    def logprobs(self, sequences: list[tuple[list[int], list[int]]], weights_file: str | None = None
-                 ) -> list[ray.ObjectRef]:
-        return [actor.logprobs.remote(sequences, weights_file) for actor in self._readers]
+    def logprobs(self, sequences: list[tuple[list[int], list[int]]],
+                 weights: WeightsSource | ray.ObjectRef | None = None) -> list[ray.ObjectRef]:
+        return [actor.logprobs.remote(sequences, weights) for actor in self._readers]
 
-    def reference_logprobs(self, pairs: ray.ObjectRef, weights_file: str | None) -> list[ray.ObjectRef]:
-        return [actor.reference_logprobs.remote(pairs, weights_file) for actor in self._readers]
+    def reference_logprobs(self, pairs: ray.ObjectRef, weights: WeightsSource | ray.ObjectRef | None
+                           ) -> list[ray.ObjectRef]:
+        return [actor.reference_logprobs.remote(pairs, weights) for actor in self._readers]
 
     def results(self, calls: list[list[ray.ObjectRef]]) -> list[Any]:
         """Rank 0's result of each call, after one `ray.get`; the ranks must agree on the weights' hash."""
@@ -231,17 +233,18 @@ class LearnerGroup:
         return self.results([[actor.train.remote(pairs, reference, settings, seed, max_refused_steps, rescore)
                               for actor in self.actors]])[0]
 
-    def load_weights(self, weights_file: str) -> str:
-        return self.results([[actor.load_weights.remote(weights_file) for actor in self.actors]])[0]
+    def load_weights(self, source: WeightsSource | ray.ObjectRef) -> str:
+        return self.results([[actor.load_weights.remote(source) for actor in self.actors]])[0]
 
     def weights_hash(self) -> str:
         return self.results([[actor.weights_hash.remote() for actor in self._readers]])[0]
 
-    def save_weights(self, folder: str) -> str:
-        return self.results([[actor.save_weights.remote(folder) for actor in self._readers]])[0]
+    def checkpoint(self) -> PolicyState:
+        """The policy, from rank 0 to the driver through the object store."""
+        return self.results([[actor.checkpoint.remote() for actor in self._readers]])[0]
 
-    def update_ema(self, source: str, target: str, rate: float) -> str:
-        return self.results([[actor.update_ema.remote(source, target, rate) for actor in self._readers]])[0]
+    def update_ema(self, source: WeightsSource | ray.ObjectRef, rate: float) -> PolicyState:
+        return self.results([[actor.update_ema.remote(source, rate) for actor in self._readers]])[0]
 
     def export_weights(self) -> ray.ObjectRef:
         """Rank 0's state dict for the engines (a tied output head left out), left in the object store for the
@@ -254,8 +257,6 @@ class LearnerGroup:
     def kill(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
-        if self.placement is not None:
-            remove_placement_group(self.placement)
 
 
 def wait_until_started(actors: dict[str, Any]) -> None:
@@ -276,11 +277,13 @@ class ActorGroups:
         starts once the group before it has started: an engine profiles its GPU while it starts, and another actor
         allocating on that GPU meanwhile would skew it (or trip vLLM's check). Groups on CPUs start together."""
         self.cfg, self.options = cfg, options
-        self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options)
+        self.placement = Placement.reserve({role: getattr(cfg, role) for role in ROLES},
+                                           cfg.run.placement_timeout_s)
+        self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options, self.placement)
         self._started_if_on_gpus("generator", self.generators.actors, cfg.generator.num_gpus)
-        self.judges = JudgeGroup.create(cfg.judge, options)
+        self.judges = JudgeGroup.create(cfg.judge, options, self.placement)
         self._started_if_on_gpus("judge", self.judges.actors, cfg.judge.num_gpus)
-        self.learners = LearnerGroup.create(cfg.model, cfg.learner, cfg.run.seed, options)
+        self.learners = LearnerGroup.create(cfg.model, cfg.learner, cfg.run.seed, options, self.placement)
         wait_until_started(self.named())
 
     @staticmethod
@@ -299,34 +302,20 @@ class ActorGroups:
     def rebuild_learners(self) -> None:
         """A new learner group on pi0, like a restarted learner (its state is put back by the caller)."""
         self.learners.kill()
-        self.learners = LearnerGroup.create(self.cfg.model, self.cfg.learner, self.cfg.run.seed, self.options)
+        self.learners = LearnerGroup.create(self.cfg.model, self.cfg.learner, self.cfg.run.seed, self.options,
+                                            self.placement)
         wait_until_started({f"learner[{i}]": actor for i, actor in enumerate(self.learners.actors)})
 
     def kill(self) -> None:
         for group in (self.generators, self.judges, self.learners):
             group.kill()
-
-
-def _placement(cfg: LearnerConfig) -> PlacementGroup | None:
-    """One bundle per rank, packed onto as few nodes as possible; None (ranks on one node, placed by Ray) when a
-    rank asks for no resources or the cluster cannot hold the bundles within PLACEMENT_TIMEOUT_S."""
-    bundle = {key: value for key, value in (("CPU", cfg.num_cpus), ("GPU", cfg.num_gpus)) if value > 0}
-    if not bundle:
-        return None
-    group = placement_group([bundle] * cfg.replicas, strategy="PACK")
-    ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
-    if not ready:
-        remove_placement_group(group)
-        log.warning("no placement group for %d learners of %s within %.0f s; placing them without one",
-                    cfg.replicas, bundle, PLACEMENT_TIMEOUT_S)
-        return None
-    return group
+        self.placement.remove()
 
 
 @ray.remote(num_cpus=0)
-def _rendezvous() -> tuple[str, int, str]:
-    """Runs where rank 0 will run: the node's address, a free port on it for the process group, the node's id."""
-    return ray.util.get_node_ip_address(), free_port(""), ray.get_runtime_context().get_node_id()
+def _rendezvous() -> tuple[str, int]:
+    """Runs where rank 0 will run: the node's address and a free port on it for the process group."""
+    return ray.util.get_node_ip_address(), free_port("")
 
 
 def _get_all(refs: list[ray.ObjectRef]) -> list[Any]:
@@ -349,7 +338,7 @@ def _agreed(results: list[Any]) -> Any:
 def _weights_hash_of(result: Any) -> str | None:
     if isinstance(result, str):
         return result
-    if isinstance(result, PairLogps):
+    if isinstance(result, (PairLogps, PolicyState)):
         return result.weights_hash
     if isinstance(result, TrainResult):
         return result.after.weights_hash if result.after is not None else None

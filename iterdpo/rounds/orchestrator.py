@@ -30,6 +30,7 @@ from iterdpo.evaluation.heldout import Evaluation, held_out_kl, reward_metrics, 
 from iterdpo.rounds.groups import ActorGroups
 from iterdpo.rounds.pairs import PairSet, build_pairs
 from iterdpo.rounds.phases import Phases
+from iterdpo.rounds.placement import check_folder_on_nodes
 from iterdpo.rounds.preflight import preflight
 from iterdpo.rounds.rows import Judged, RoundOutputs, alarm_messages, alarm_metrics, round_row, round_summary
 from iterdpo.rounds.runtime import actor_env, init_ray
@@ -58,6 +59,8 @@ class Orchestrator:
                      plan.skipped.count, plan.skipped.looked_at)
         init_ray(cfg.run.num_cpus)
         check_resources(cfg, ray.cluster_resources(), "the Ray cluster's {have}")
+        if Path(cfg.model.path).is_dir():  # a local folder, not a Hub id or a built-in model
+            check_folder_on_nodes(str(Path(cfg.model.path).absolute()), "model.path")
         # Ray restarts a dead actor with its constructor's arguments; the supervisor has its state put back.
         self.groups = ActorGroups(cfg, {"runtime_env": {"env_vars": actor_env()},
                                         "max_restarts": cfg.faults.max_actor_restarts})

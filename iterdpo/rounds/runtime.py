@@ -14,8 +14,16 @@ from iterdpo.data.hub import hub_env
 
 
 def actor_env() -> dict[str, str]:
-    """Environment variables for the actors' processes (merged into any job-level runtime env)."""
+    """Environment variables for the actors' processes (merged into any job-level runtime env). The driver's cache
+    folders go along only to a node it started itself: on a cluster (RAY_ADDRESS set, e.g. under `ray job submit`)
+    each node resolves models in its own caches, set in the environment its `ray start` ran in."""
     cache = cache_dir()
+    local = not os.environ.get("RAY_ADDRESS")
+    folders = {
+        "ITERDPO_CACHE": str(cache),
+        # DeepSpeed JIT-compiles ops on first use; keep them across runs.
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions")),
+    }
     env = {
         # In-process engines (one device each): weights are reloaded in place from tensors, and no processes escape
         # Ray. An engine over several GPUs overrides it (`iterdpo.core.engine.engine_env`).
@@ -28,11 +36,9 @@ def actor_env() -> dict[str, str]:
         # A state dict crosses the object store as its tensors' bytes, read in place on the other side (a weight
         # push: one copy into the store, one into the engine).
         "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
-        "ITERDPO_CACHE": str(cache),
-        # DeepSpeed JIT-compiles ops on first use; keep them across runs.
-        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(cache / "torch_extensions")),
-        # The Hugging Face cache, endpoint and offline setting of the driver: every node resolves the same way.
-        **hub_env(),
+        # The driver's Hugging Face endpoint and offline setting: every node resolves the same way.
+        **hub_env(with_caches=local),
+        **(folders if local else {}),
     }
     return env
 

@@ -19,12 +19,15 @@ import ray
 
 from iterdpo.core.errors import ActorFailure, RunError
 from iterdpo.rounds.groups import ActorGroups
+from iterdpo.rounds.placement import alive_nodes, lost_nodes, node_answers
 
 log = logging.getLogger("iterdpo")
 
 T = TypeVar("T")
 ACTOR_RESTART_TIMEOUT_S = 600  # a restarted engine or learner loads its model again: minutes at most
-RESTORE_ORDER = ("judge", "learner", "generator")  # the engines are restored from the learner's weights
+RESTORE_ORDER = ("judge", "learner", "generator")
+NODE_PROBE_S = 30.0  # a live node runs a task within this, even loaded
+NODE_DEATH_NOTICE_S = 60.0  # Ray's health checks mark a silent node dead within about 30 s  # the engines are restored from the learner's weights
 
 
 class Supervisor:
@@ -37,6 +40,8 @@ class Supervisor:
         self.restarted: list[str] = []  # "role@phase", this round
         self._pids: dict[str, int] = {}  # each actor's process, to notice a restart between phases
         self._learner_rebuilds = 0
+        self._nodes = alive_nodes()  # the cluster as the run found it: node id -> address
+        self._nodes_of: dict[str, str] = {}  # each actor's node, by actor id
 
     def new_round(self) -> None:
         self.restarted = []
@@ -62,20 +67,39 @@ class Supervisor:
                 actor = named.group(1).lower() if named else "an"
                 raise ActorFailure(actor, phase, err.cause, str(err)) from None
             except ray.exceptions.RayActorError as err:
+                self._stop_if_a_node_left(err, phase)
                 role = self._role_of(err)
                 log.warning("the %s actor died during %s (%s); restarting it and redoing the phase", role, phase,
                             str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
                 failed.add(role)
 
+    def _stop_if_a_node_left(self, err: ray.exceptions.RayActorError, phase: str) -> None:
+        """An actor that died with its node is not restarted in place: its bundle waits for the node (or one like
+        it) to come back. The run stops with one line naming the node; the finished rounds are kept."""
+        # the dead actor's node first; any node of the run's actors that does not answer
+        nodes = sorted(set(self._nodes_of.values()), key=lambda node: node != self._nodes_of.get(err.actor_id))
+        node = next((node for node in nodes if not node_answers(node, NODE_PROBE_S)), None)
+        if node is None:
+            return
+        deadline = time.monotonic() + NODE_DEATH_NOTICE_S  # the cluster's health checks mark it dead soon after
+        while node not in lost_nodes(self._nodes) and time.monotonic() < deadline:
+            time.sleep(1.0)
+        raise RunError(f"node {self._nodes.get(node, '?')} ({node[:12]}) left the Ray cluster during {phase}, with "
+                       "the run's actors on it; start it again (the same `ray start` resources) and resume")
+
     def watch(self, role: str | None = None) -> None:
         """Remembers the processes of `role`'s actors (every actor's when None) as the ones holding the state."""
         members = {name: actor for name, actor in self.groups.named().items() if role in (None, _role(name))}
-        self._pids.update(zip(members, ray.get([actor.__ray_call__.remote(_process_id) for actor in members.values()])))
+        places = ray.get([actor.__ray_call__.remote(_place) for actor in members.values()])
+        self._pids.update((name, pid) for name, (pid, _) in zip(members, places))
+        self._nodes_of.update((actor._actor_id.hex(), node) for actor, (_, node) in zip(members.values(), places))
 
     def _respawned(self) -> set[str]:
         """Roles with an actor whose process changed since it was last seen: Ray restarted it between phases."""
         actors = self.groups.named()
-        pids = dict(zip(actors, ray.get([actor.__ray_call__.remote(_process_id) for actor in actors.values()])))
+        places = ray.get([actor.__ray_call__.remote(_place) for actor in actors.values()])
+        pids = {name: pid for name, (pid, _) in zip(actors, places)}
+        self._nodes_of.update((actor._actor_id.hex(), node) for actor, (_, node) in zip(actors.values(), places))
         renewed = {_role(name) for name, pid in pids.items() if self._pids.get(name, pid) != pid}
         self._pids.update({name: pid for name, pid in pids.items() if _role(name) not in renewed})
         return renewed
@@ -117,6 +141,6 @@ def _role(name: str) -> str:
     return name.split("[")[0]
 
 
-def _process_id(_actor: Any) -> int:
-    """Runs inside an actor (`__ray_call__`): its process id changes when Ray restarts it."""
-    return os.getpid()
+def _place(_actor: Any) -> tuple[int, str]:
+    """Runs inside an actor (`__ray_call__`): its process id (which changes when Ray restarts it) and its node."""
+    return os.getpid(), ray.get_runtime_context().get_node_id()

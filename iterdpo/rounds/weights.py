@@ -28,11 +28,13 @@ import ray
 from iterdpo.config.schema import Config, RoundConfig
 from iterdpo.core.errors import ParityError, RunError
 from iterdpo.core.records import PairLogps, Sample, TrainResult
+from iterdpo.data.models import resolve_model
 from iterdpo.data.weight_files import check_weight_files
 from iterdpo.evaluation.parity import ParityStats, parity_stats
 from iterdpo.rounds.groups import ActorGroups
 from iterdpo.rounds.pairs import PairSet, sampled_logps
 from iterdpo.rounds.rows import Reference
+from iterdpo.rundir.checkpoints import read_checkpoint, write_checkpoint, write_weights
 from iterdpo.rundir.layout import RunDir, round_name
 from iterdpo.training.sequences import Sequence
 
@@ -59,6 +61,8 @@ class PolicyWeights:
         self.pushed: ray.ObjectRef | None = None  # the weights the engines serve, as last pushed
         self.probe: list[Sequence] = []  # the parity check's sequences
         self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
+        self._read: tuple[str, ray.ObjectRef] | None = None  # the run-directory weights last put (`_source`)
+        self.model_files = resolve_model(cfg.model.path, weights=False)  # pi0's config and tokenizer, on this node
 
     # -- a round's training ------------------------------------------------------------------------------------
 
@@ -73,7 +77,8 @@ class PolicyWeights:
             "fixed": (self.pi0, "pi0"),
             "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
-        same_as_pi0 = weights_file == self.pi0 or (weights_file is None and self.policy_hash == self.pi0_hash)
+        same_as_pi0 = (isinstance(weights_file, str) and weights_file == self.pi0) or (
+            weights_file is None and self.policy_hash == self.pi0_hash)
         on_engine, pi0_pass = self.cfg.sync.score_on_engine, self.cfg.run.track_pi0 and not same_as_pi0
         pending = {}
         if weights_file is not None or not on_engine:
@@ -171,7 +176,7 @@ class PolicyWeights:
         """Puts the run's weights back into `role`'s actors (module docstring); for the engines, returns the parity
         check's statistics (None before the run has a probe)."""
         if role == "learner":
-            restored = self.groups.learners.load_weights(self.accepted)
+            restored = self.groups.learners.load_weights(self._source(self.accepted))
             if restored != self.policy_hash:
                 raise RunError(f"the learner's weights after loading {self.accepted} have hash {restored}, "
                                f"expected {self.policy_hash}")
@@ -188,11 +193,12 @@ class PolicyWeights:
     def accept(self, index: int, end_hash: str, settings: RoundConfig) -> None:
         """The round's weights become the run's: a checkpoint (and, for an EMA reference, the new average). The
         run's state changes only once every remote call has succeeded, so an actor dying here leaves it redoable."""
-        checkpoint = str(self.files.checkpoint(index))
-        self.groups.learners.save_weights(checkpoint)
+        checkpoint = self.files.checkpoint(index)
+        write_checkpoint(checkpoint, self.groups.learners.checkpoint(), self.model_files)
         if settings.reference == "ema":
-            self.groups.learners.update_ema(self._ema_source(index), str(self.files.ema(index)), settings.ema_rate)
-        self.policy_hash, self.accepted = end_hash, checkpoint
+            write_weights(self.files.ema(index), self.groups.learners.update_ema(self._ema_source(index),
+                                                                                 settings.ema_rate))
+        self.policy_hash, self.accepted = end_hash, str(checkpoint)
 
     def roll_back(self) -> dict[str, Any]:
         """The last accepted weights back in the learner and the engines; what the round's row records of it."""
@@ -214,7 +220,17 @@ class PolicyWeights:
         self.restore("learner")
         self.restore("generator")
 
-    def _ema_source(self, index: int) -> str:
+    def _ema_source(self, index: int) -> str | ray.ObjectRef:
         """The EMA of the policies before round `index` (pi0 until an EMA round has been accepted)."""
         latest = self.files.latest_ema(index - 1)
-        return str(latest) if latest else self.pi0
+        return self._source(str(latest)) if latest else self.pi0
+
+    def _source(self, location: str) -> str | ray.ObjectRef:
+        """What the actors are given for weights at `location`: pi0's location as it is (every node resolves it in its
+        own cache), a file of the run directory as its weights, read here and put into the object store once (the
+        last one read is kept: a rollback or an EMA reference reads the same file round after round)."""
+        if location == self.pi0:
+            return location
+        if self._read is None or self._read[0] != location:
+            self._read = (location, ray.put(read_checkpoint(Path(location))))
+        return self._read[1]

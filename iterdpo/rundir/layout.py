@@ -100,9 +100,39 @@ class RunDir:
 # -- run directories as a whole ---------------------------------------------------------------------------------
 
 
-def new_run_dir(root: Path, stem: str) -> Path:
-    """`root/<time>-<stem>`, with a numeric suffix when that folder exists already (two runs in one second)."""
-    base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+# Ray unpacks a job's working directory under <Ray's temp folder>/session_*/runtime_resources/ and deletes it with
+# the session: a run written there is lost.
+RAY_JOB_FILES = "runtime_resources"
+JOB_RUNS_HOME = Path("~/iterdpo")  # what a relative run.runs_dir is taken under in such a job (README: Clusters)
+
+
+def inside_ray_job_files(path: Path) -> bool:
+    return RAY_JOB_FILES in Path(path).absolute().parts
+
+
+def runs_root(runs_dir: str) -> Path:
+    """Where new run directories go: `run.runs_dir`, relative to the current directory, except when that is a Ray
+    job's unpacked working directory: there a relative `runs_dir` is taken under ~/iterdpo on the driver's node."""
+    root = Path(runs_dir).expanduser()
+    if not root.is_absolute() and inside_ray_job_files(Path.cwd()):
+        return JOB_RUNS_HOME.expanduser() / root
+    return root.absolute()
+
+
+def placed(run_dir: Path) -> Path:
+    """`run_dir` as an absolute path; one inside a Ray job's unpacked working directory is refused (Ray deletes it
+    with its session)."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    if inside_ray_job_files(run_dir):
+        raise ConfigError(f"run directory '{run_dir}' is inside the Ray job's unpacked working directory, which Ray "
+                          "deletes with its session; pass an absolute --run-dir (or run.runs_dir) outside it")
+    return run_dir
+
+
+def new_run_dir(runs_dir: str, stem: str) -> Path:
+    """`<runs_root>/<time>-<stem>`, with a numeric suffix when that folder exists already (two runs in one
+    second)."""
+    base = runs_root(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
     candidate, suffix = base, 1
     while candidate.exists():
         candidate, suffix = Path(f"{base}-{suffix}"), suffix + 1

@@ -5,8 +5,8 @@ the weights pushed into vLLM, checkpoints, hashes, EMA files — is the merged m
 the base model's own parameter names, so the generator, the parity check, `iterdpo export` and best-of-N never see
 an adapter. The merge is computed on copies: the training module is never merged and unmerged.
 
-A checkpoint folder also keeps the adapter itself (`adapter/`, peft's format, loadable with
-`peft.PeftModel.from_pretrained`), so a rollback or a resume puts back the exact training state, not only its merge.
+A checkpoint also keeps the adapter itself (`saved`; the driver writes it in peft's format), so a rollback or a
+resume puts back the exact training state, not only its merge.
 Weights without an adapter (pi0's folder; an EMA file while it is scored) become the base, with the adapter at its
 initial value (B = 0): the merged result is those weights.
 """
@@ -14,17 +14,15 @@ initial value (B = 0): the merged result is those weights.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file as save_safetensors
 
+from iterdpo.core.records import AdapterState
 from iterdpo.data.weight_files import hash_state
 
-ADAPTER_DIR = "adapter"  # inside a checkpoint folder
-_ADAPTER_FILE = "adapter_model.safetensors"
 _NAME = "default"  # peft's name for a model's only adapter
 
 
@@ -93,26 +91,20 @@ class Adapter:
     def load(self, state: dict[str, torch.Tensor]) -> None:
         _copy(self.params, state, "adapter file")
 
-    def save(self, folder: Path) -> None:
-        """The adapter in peft's format, with the hash of the base weights it was trained on."""
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.peft_config[_NAME].save_pretrained(str(folder))
-        save_safetensors(self.state(), str(folder / _ADAPTER_FILE),
-                         metadata={"format": "pt", "base_hash": hash_state(self.base_state())})
+    def saved(self) -> AdapterState:
+        """The adapter as it travels to the driver (which writes it into a checkpoint folder, in peft's format),
+        with the hash of the base weights it was trained on."""
+        with tempfile.TemporaryDirectory() as folder:  # peft writes its config; the text is what travels
+            self.model.peft_config[_NAME].save_pretrained(folder)
+            config = (Path(folder) / "adapter_config.json").read_text(encoding="utf-8")
+        return AdapterState(self.state(), config, hash_state(self.base_state()))
 
-    def restore(self, checkpoint: str | Path) -> bool:
-        """Puts back the adapter saved in a checkpoint folder; False when it has none."""
-        file = Path(checkpoint) / ADAPTER_DIR / _ADAPTER_FILE
-        if not file.is_file():
-            return False
-        with safe_open(str(file), framework="pt") as reader:
-            state = {name: reader.get_tensor(name) for name in reader.keys()}
-            base_hash = (reader.metadata() or {}).get("base_hash")
-        if base_hash != hash_state(self.base_state()):
-            raise ValueError(f"the adapter in '{checkpoint}' was trained on other base weights (hash {base_hash}) "
-                             "than the learner holds")
-        self.load(state)
-        return True
+    def restore(self, saved: AdapterState) -> None:
+        """Puts back an adapter `saved` before, over the base weights it was trained on."""
+        if saved.base_hash != hash_state(self.base_state()):
+            raise ValueError(f"the adapter was trained on other base weights (hash {saved.base_hash}) than the "
+                             "learner holds")
+        self.load(saved.tensors)
 
 
 def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
