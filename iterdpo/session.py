@@ -67,8 +67,8 @@ def run_rounds(cfg: Config, run_dir: Path, schedule: Schedule | None = None, fre
         started_ray = not ray.is_initialized()
         try:
             with log_file(run_dir):
+                orchestrator = Orchestrator(cfg, run_dir, schedule)  # bad input stops it with one line, first
                 log.info("run directory: %s (on %s; only this process writes it)", run_dir, socket.gethostname())
-                orchestrator = Orchestrator(cfg, run_dir, schedule)
                 try:
                     return orchestrator.run()
                 finally:

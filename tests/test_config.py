@@ -217,3 +217,8 @@ def test_half_precision_needs_the_half_precision_parity_bounds():
             config_from_dict({}, overrides + ["sync.parity_tolerance=0.5"])
         cfg = config_from_dict({}, overrides + ["sync.parity_tolerance=0.5", "sync.parity_mean_tolerance=0.1"])
         assert (cfg.sync.parity_tolerance, cfg.sync.parity_mean_tolerance) == (0.5, 0.1)
+
+def test_custom_resources_are_custom():
+    assert config_from_dict({}, ["learner.resources.trainer=1"]).learner.resources == {"trainer": 1}
+    with pytest.raises(ConfigError, match=r"^generator.resources.GPU: set num_gpus instead"):
+        config_from_dict({"generator": {"resources": {"GPU": 1}}})

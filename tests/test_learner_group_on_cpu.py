@@ -124,3 +124,12 @@ def test_the_ranks_hold_one_model_and_half_the_optimizer_state_each(one_and_two)
     assert two["placed"]  # a placement group held both ranks
     assert two["backends"] == ["gloo", "gloo"]
 
+
+
+def test_a_placement_the_cluster_cannot_hold_is_one_line_within_the_timeout(ray_session):
+    from iterdpo.core.errors import RunError
+
+    cfg = LearnerConfig(replicas=2, num_cpus=0.5, resources={"trainer": 1})  # this node has no "trainer"
+    with pytest.raises(RunError, match=r"cannot place the run's actors within run.placement_timeout_s=2 s: "
+                                       r"2 learner x \{CPU: 0.5, trainer: 1\}; it has \{CPU: "):
+        Placement.reserve({"learner": cfg}, 2)

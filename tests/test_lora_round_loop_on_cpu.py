@@ -3,6 +3,7 @@ DeepSpeed. The engine serves the merged weights (parity check), and a resumed ru
 ends with the weights of an uninterrupted run."""
 
 import json
+from pathlib import Path
 
 import pytest
 import ray
@@ -13,6 +14,7 @@ from iterdpo.cli import main
 from iterdpo.config.loading import load_config
 from iterdpo.rounds.orchestrator import Orchestrator
 from iterdpo.data.weight_files import read_weights
+from iterdpo.rundir.checkpoints import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +68,9 @@ def test_checkpoints_are_merged_models_with_their_adapter(lora_run, tmp_path):
 def test_rollback_to_an_earlier_round_restores_learner_and_engine(lora_run):
     orchestrator, rows, run_dir, _ = lora_run
     folder = str(run_dir / "checkpoints" / "round_001")
-    assert ray.get(orchestrator.groups.learners.first.load_weights.remote(folder)) == rows[1]["policy/end_hash"]
+    saved = read_checkpoint(Path(folder))  # what a rollback sends through Ray: the merge and the adapter
+    assert saved.adapter is not None
+    assert ray.get(orchestrator.groups.learners.first.load_weights.remote(saved)) == rows[1]["policy/end_hash"]
     ray.get(orchestrator.groups.generators.first.load_weights_file.remote(folder))
     assert orchestrator.weights.check_parity().max <= orchestrator.cfg.sync.parity_tolerance
     assert ray.get(orchestrator.groups.learners.first.load_weights.remote(orchestrator.weights.pi0)) == rows[1]["policy/start_hash"]

@@ -88,6 +88,7 @@ class GeneratorConfig(Checked):
         if self.max_new_tokens >= self.max_model_len:
             raise Invalid("max_new_tokens", f"expected less than generator.max_model_len={self.max_model_len}, "
                                             f"got {self.max_new_tokens}")
+        check_resource_names(self.resources)
         check_gpus(self.num_gpus, self.tensor_parallel_size, "tensor_parallel_size")
 
 
@@ -116,6 +117,7 @@ class JudgeConfig(Checked):
             raise Invalid("scorers", "expected at least one scorer, e.g. [{kind: sentiment}]")
         spans = [(i, engine_options(spec).tensor_parallel_size) for i, spec in enumerate(self.scorers)
                  if engine_options(spec)]
+        check_resource_names(self.resources)
         check_gpus(self.num_gpus, *max(((tp, f"scorers[{i}].options.tensor_parallel_size") for i, tp in spans),
                                        default=(1, "")))
 
@@ -186,6 +188,7 @@ class LearnerConfig(Checked):
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
+        check_resource_names(self.resources)
         check_gpus(self.num_gpus)
         if self.replicas > 1 and 0 < self.num_gpus < 1:
             raise Invalid("num_gpus", f"each of the {self.replicas} ranks of a learner group needs a whole GPU of its "
@@ -318,6 +321,14 @@ class Config(Checked):
 
 
 # -- rules across sections ---------------------------------------------------------------------------------------
+
+
+def check_resource_names(resources: dict[str, float]) -> None:
+    """Custom resources only: CPUs and GPUs have their own fields."""
+    for name in resources:
+        if name.upper() in ("CPU", "GPU"):
+            raise Invalid(f"resources.{name}", f"set num_{name.lower()}s instead; resources holds custom Ray "
+                                               "resources (e.g. {trainer: 1})")
 
 
 def check_gpus(num_gpus: float, spans: int = 1, spans_field: str = "") -> None:

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.generator import Generator
 from actors.judge import Judge
@@ -178,11 +179,13 @@ class LearnerGroup:
         if cfg.replicas == 1:
             return ranks, None
         try:
-            address, port = ray.get(_rendezvous.options(**placement.options("learner", 0)).remote(),
-                                    timeout=placement.timeout_s)
+            address, port, node = ray.get(_rendezvous.options(**placement.options("learner", 0)).remote(),
+                                          timeout=placement.timeout_s)
         except ray.exceptions.GetTimeoutError:
             raise RunError(f"learner rank 0's place in the cluster did not answer within {placement.timeout_s:g} s "
                            "(run.placement_timeout_s)") from None
+        if "scheduling_strategy" not in ranks[0]:  # no bundles (ranks that ask for nothing): all on rank 0's node
+            ranks = [{**rank, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)} for rank in ranks]
         return [{**rank, "max_restarts": 0} for rank in ranks], (address, port)
 
     @classmethod
@@ -279,12 +282,17 @@ class ActorGroups:
         self.cfg, self.options = cfg, options
         self.placement = Placement.reserve({role: getattr(cfg, role) for role in ROLES},
                                            cfg.run.placement_timeout_s)
-        self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options, self.placement)
-        self._started_if_on_gpus("generator", self.generators.actors, cfg.generator.num_gpus)
-        self.judges = JudgeGroup.create(cfg.judge, options, self.placement)
-        self._started_if_on_gpus("judge", self.judges.actors, cfg.judge.num_gpus)
-        self.learners = LearnerGroup.create(cfg.model, cfg.learner, cfg.run.seed, options, self.placement)
-        wait_until_started(self.named())
+        self.generators = self.judges = self.learners = None
+        try:
+            self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options, self.placement)
+            self._started_if_on_gpus("generator", self.generators.actors, cfg.generator.num_gpus)
+            self.judges = JudgeGroup.create(cfg.judge, options, self.placement)
+            self._started_if_on_gpus("judge", self.judges.actors, cfg.judge.num_gpus)
+            self.learners = LearnerGroup.create(cfg.model, cfg.learner, cfg.run.seed, options, self.placement)
+            wait_until_started(self.named())
+        except BaseException:
+            self.kill()  # a placement group outlives its actors: nothing of a failed start stays reserved
+            raise
 
     @staticmethod
     def _started_if_on_gpus(role: str, actors: list[Any], num_gpus: float) -> None:
@@ -308,14 +316,15 @@ class ActorGroups:
 
     def kill(self) -> None:
         for group in (self.generators, self.judges, self.learners):
-            group.kill()
+            if group is not None:
+                group.kill()
         self.placement.remove()
 
 
 @ray.remote(num_cpus=0)
-def _rendezvous() -> tuple[str, int]:
-    """Runs where rank 0 will run: the node's address and a free port on it for the process group."""
-    return ray.util.get_node_ip_address(), free_port("")
+def _rendezvous() -> tuple[str, int, str]:
+    """Runs where rank 0 will run: the node's address, a free port on it for the process group, the node's id."""
+    return ray.util.get_node_ip_address(), free_port(""), ray.get_runtime_context().get_node_id()
 
 
 def _get_all(refs: list[ray.ObjectRef]) -> list[Any]:

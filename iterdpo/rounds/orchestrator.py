@@ -64,8 +64,12 @@ class Orchestrator:
         # Ray restarts a dead actor with its constructor's arguments; the supervisor has its state put back.
         self.groups = ActorGroups(cfg, {"runtime_env": {"env_vars": actor_env()},
                                         "max_restarts": cfg.faults.max_actor_restarts})
-        self.weights = PolicyWeights(cfg, self.groups, self.files)
-        self.supervisor = Supervisor(self.groups, self.weights.restore, cfg.faults.max_actor_restarts)
+        try:
+            self.weights = PolicyWeights(cfg, self.groups, self.files)
+            self.supervisor = Supervisor(self.groups, self.weights.restore, cfg.faults.max_actor_restarts)
+        except BaseException:
+            self.groups.kill()
+            raise
         self.eval_baseline: Evaluation | None = None  # round 0's: what every round is compared with
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.files.config, json.dumps(cfg.to_dict(), indent=2))
