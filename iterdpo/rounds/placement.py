@@ -86,16 +86,15 @@ def _rounded(resources: dict[str, float]) -> str:
 def check_folder_on_nodes(folder: str, field: str) -> None:
     """A local model folder must be on every node of a cluster of more than one: one line naming a node that lacks
     it (each node reads its own disk)."""
-    nodes = [node for node in ray.nodes() if node["Alive"]]
+    nodes = alive_nodes()
     if len(nodes) < 2:
         return
-    checks = [_has_model_folder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                                        ).remote(folder) for node in nodes]
-    for node, present in zip(nodes, ray.get(checks)):
+    checks = [_has_model_folder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+                                        ).remote(folder) for node_id in nodes]
+    for (node_id, address), present in zip(nodes.items(), ray.get(checks)):
         if not present:
-            raise RunError(f"{field}: the folder '{folder}' is not on node {node['NodeManagerAddress']} "
-                           f"({node['NodeID'][:12]}); every node reads the model from its own disk: copy it there, "
-                           "or give a Hub id")
+            raise RunError(f"{field}: the folder '{folder}' is not on node {address} ({node_id[:12]}); every node "
+                           "reads the model from its own disk: copy it there, or give a Hub id")
 
 
 @ray.remote(num_cpus=0)
