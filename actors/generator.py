@@ -1,9 +1,10 @@
 """The generator actor: a vLLM engine running in the actor's own process.
 
 On one device the engine runs in the actor's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set in the actor's
-runtime env), so new weights are handed to the worker as tensors and loaded in place by vLLM's ``reload_weights``:
-no restart, no files on disk. With tensor parallelism its workers run in processes of their own and take the weights
-as safetensors bytes (`actors.generator_worker`).
+runtime env), so new weights are handed to the worker as tensors and loaded in place, a bucket at a time as they
+arrive through the object store or over the weight channel (`iterdpo.core.weight_stream`): no restart, no files on
+disk, no whole copy of the model. With tensor parallelism its workers run in processes of their own and take the
+buckets as safetensors bytes (`actors.generator_worker`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from iterdpo.config.schema import GeneratorConfig, ModelConfig
+from iterdpo.core.devices import device_kind
 from iterdpo.core.engine import in_process, seeded_params, start_engine
 from iterdpo.data.prompts import engine_input, prompt_length
 from iterdpo.data.models import local_path, resolve_model
 from iterdpo.core.records import Prompt, Sample, Sampling
-from iterdpo.data.weight_files import read_weights
+from iterdpo.core.weight_stream import (EMBEDDING, TIED_HEAD, Bucket, Channel, bucket_bytes, buckets, join, receive,
+                                        size_of)
+from iterdpo.data.weight_files import iter_weights
 
 
 def build_engine(model: ModelConfig, cfg: GeneratorConfig, seed: int) -> Any:
@@ -36,6 +40,8 @@ class Generator:
         self.llm = build_engine(model, cfg, seed)
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self.device = torch.device(device_kind())  # where the engine's weights live: a broadcast lands there
+        self.channel: torch.distributed.ProcessGroup | None = None  # the weight channel, once joined
 
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Sample]:
         from vllm import SamplingParams
@@ -93,23 +99,56 @@ class Generator:
             scored.append([steps[i][ids[i]].logprob for i in range(len(prompt), len(prompt) + len(response))])
         return scored
 
-    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        """Loads new weights into the running engine, in place (no restart)."""
-        if self.tied_embeddings and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
-            # Once an in-place reload has set the output head, a later state without it (a checkpoint of a tied
-            # model stores the embedding once) would leave the old head in place.
-            state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+    # -- new weights, loaded in place (no restart), a bucket at a time (`actors.generator_worker`) ---------------
+
+    def start_load(self) -> None:
+        self.llm.collective_rpc("start_weight_load")
+
+    def load_bucket(self, bucket: Bucket) -> None:
+        """One bucket of new weights (Hugging Face names), between `start_load` and `finish_load`."""
+        names = {name for name, _ in bucket}
+        if self.tied_embeddings and EMBEDDING in names and TIED_HEAD not in names:
+            # Once an in-place load has set the output head, a later stream without it (the learner's, or a
+            # checkpoint of a tied model, which stores the embedding once) would leave the old head in place.
+            bucket = [*bucket, (TIED_HEAD, dict(bucket)[EMBEDDING])]
         if in_process():
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+            self.llm.collective_rpc("load_weight_bucket", kwargs={"weights": bucket})
         else:  # safetensors stores no tensor twice: a tied head goes as its own copy
             alone: dict[str, torch.Tensor] = {}
-            for name, tensor in state.items():
+            for name, tensor in bucket:
                 shared = any(tensor.data_ptr() == other.data_ptr() for other in alone.values())
                 alone[name] = tensor.clone() if shared else tensor
-            self.llm.collective_rpc("load_weight_bytes", args=(safetensors_bytes(alone),))
+            self.llm.collective_rpc("load_weight_bucket", kwargs={"weights": safetensors_bytes(alone)})
+
+    def finish_load(self) -> None:
+        self.llm.collective_rpc("finish_weight_load")
         self.llm.reset_prefix_cache()
 
-    def load_weights_file(self, path: str) -> None:
-        """`load_weights` from a safetensors file, a model folder or a model location (pi0 as best-of-n's
-        reference)."""
-        self.load_weights(read_weights(local_path(path)))
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """A whole state dict loaded in place, as one bucket."""
+        self.start_load()
+        self.load_bucket(list(state.items()))
+        self.finish_load()
+
+    def load_weights_file(self, path: str, bucket_mb: float) -> None:
+        """The weights of a safetensors file, a model folder or a model location (pi0, for scoring under it), read
+        and loaded a bucket of `bucket_mb` at a time."""
+        self.start_load()
+        for bucket in buckets(iter_weights(local_path(path)), bucket_bytes(bucket_mb)):
+            self.load_bucket(bucket)
+        self.finish_load()
+
+    def join_weight_channel(self, channel: Channel, rank: int) -> None:
+        """This engine's place (`rank` >= 1) in the weight channel learner rank 0 broadcasts over."""
+        self.channel = join(channel, rank, self.device)
+
+    def receive_weights(self) -> int:
+        """A push over the weight channel, each bucket loaded as it comes; returns the bytes received."""
+        self.start_load()
+        received = 0
+        for bucket in receive(self.channel, self.device):
+            self.load_bucket(bucket)
+            received += size_of(bucket)
+            del bucket  # one bucket in memory at a time
+        self.finish_load()
+        return received

@@ -10,18 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
 
-from iterdpo.core.devices import device_kind
-from iterdpo.core.ports import free_port
 from iterdpo.training import lora
+from iterdpo.training.process_group import Rank, process_group_env
+from iterdpo.training.weight_reading import engine_buckets, weights_in_order
 from iterdpo.config.schema import LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.training.losses import LOSSES, LossInputs, LossParams, TrainingHook, preference_loss
 from iterdpo.data.models import local_path, resolve_model
@@ -29,10 +27,8 @@ from iterdpo.core.records import Pair, PairLogps, PolicyState, TrainResult, pair
 from iterdpo.core.seeds import epoch_seed
 from iterdpo.training.sequences import ResponseLogprobs, Sequence, TokenBatch, collate, per_token_lists
 from iterdpo.core.sharding import shard_bounds
-from iterdpo.data.weight_files import hash_state, read_weights
-
-
-TIED_HEAD = "lm_head.weight"  # a causal LM's output head: with tied embeddings, the input embedding again
+from iterdpo.core import weight_stream
+from iterdpo.data.weight_files import WeightsDigest, read_weights
 
 # Weights an actor is given: a model location (pi0: a Hub id, `builtin:` name or folder, resolved on this node) or
 # weights that came through Ray (a checkpoint or an EMA the driver read from its run directory).
@@ -43,33 +39,9 @@ def _tensors(source: WeightsSource) -> dict[str, torch.Tensor]:
     return source.tensors if isinstance(source, PolicyState) else read_weights(local_path(source))
 
 
-@dataclass(frozen=True)
-class Rank:
-    """This learner's place in a data-parallel group of learner processes (`iterdpo.rounds.groups.LearnerGroup`)."""
-
-    rank: int
-    world_size: int
-    master_addr: str
-    master_port: int
-
-
-def _process_group_env(rank: Rank | None) -> None:
-    """A lone learner is rank 0 of a world of 1, and a launcher that set these already wins; a member of a learner
-    group gets its rank and the group's rendezvous address. LOCAL_RANK is 0: each Ray actor sees only its own
-    accelerators."""
-    if rank is None:
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    else:
-        os.environ.update(RANK=str(rank.rank), LOCAL_RANK="0", WORLD_SIZE=str(rank.world_size),
-                          MASTER_ADDR=rank.master_addr, MASTER_PORT=str(rank.master_port))
-    os.environ.setdefault("DS_ACCELERATOR", device_kind())  # the GPUs Ray gave this actor, not the machine's
-
-
 class Learner:
     def __init__(self, model: ModelConfig, cfg: LearnerConfig, seed: int, rank: Rank | None = None) -> None:
-        _process_group_env(rank)
+        process_group_env(rank)
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,6 +93,9 @@ class Learner:
             # buckets and copy it back after each backward pass.
             self.engine.enable_backward_allreduce = False
         self.device = self.engine.device
+        self._hash: str | None = None  # the weights' hash, until they change (`weights_hash`)
+        self._channel_store: torch.distributed.Store | None = None  # a weight channel's rendezvous, served by rank 0
+        self._channel: torch.distributed.ProcessGroup | None = None
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
@@ -162,15 +137,18 @@ class Learner:
         if weights is None:
             yield
         elif self.adapter is not None:
+            current_hash, self._hash = self._hash, None
             with self.adapter.swapped(_tensors(weights)):
                 yield
+            self._hash = current_hash
         else:
-            current = self.export_weights()
+            current, current_hash = self.export_weights(), self._hash
             self._copy_into_module(_tensors(weights))
             try:
                 yield
             finally:
                 self._copy_into_module(current)
+                self._hash = current_hash  # the same weights as before the block
 
     # -- training ------------------------------------------------------------------------------------------------
 
@@ -219,6 +197,7 @@ class Learner:
         while hasattr(inner, "optimizer"):
             inner = inner.optimizer
         inner.state.clear()
+        self._hash = None  # the round's steps change the weights
         for group in self.optimizer.param_groups:
             group["lr"] = settings.learning_rate
         self.engine.train()
@@ -263,40 +242,54 @@ class Learner:
 
     # -- weights -------------------------------------------------------------------------------------------------
 
-    def export_weights(self, for_engine: bool = False) -> dict[str, torch.Tensor]:
-        """A CPU copy of the full state dict with Hugging Face names (with LoRA: the merged weights); gathers ZeRO-3
-        shards first. `for_engine` is what a weight push sends: the tensors themselves, which Ray copies into its
-        object store as the call returns (the only copy), without a tied output head: it is the embedding again,
-        which the engines tie back themselves (`Generator.load_weights`)."""
-        skip = TIED_HEAD if for_engine and getattr(self.policy.config, "tie_word_embeddings", False) else None
-        if self.adapter is not None:
-            return {name: t for name, t in self.adapter.merged_state().items() if name != skip}
-        module = self.policy
-        gathered = contextlib.nullcontext()
-        if self.cfg.zero_stage == 3:
-            import deepspeed
+    def _weights_in_order(self, for_engine: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        return weights_in_order(self.policy, self.adapter, self.cfg.zero_stage, for_engine)
 
-            gathered = deepspeed.zero.GatheredParameters(list(module.parameters()))
-        copy = not for_engine or self.cfg.zero_stage == 3  # gathered ZeRO-3 weights are released after the block
-        with gathered:
-            return {name: tensor.detach().to("cpu", copy=copy) for name, tensor in module.state_dict().items()
-                    if name != skip}
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the full state dict with Hugging Face names (with LoRA: the merged weights), for a
+        checkpoint or the EMA; a push to the engines streams instead (`stream_weights`, `broadcast_weights`)."""
+        return {name: tensor.to("cpu", copy=True) for name, tensor in self._weights_in_order()}
+
+    def _engine_buckets(self, bucket_mb: float, device: torch.device) -> Iterator[weight_stream.Bucket]:
+        released = self.cfg.zero_stage == 3 and device.type == self.device.type  # a gathered tensor, not a copy
+        return engine_buckets(self._weights_in_order(for_engine=True), self.rank, bucket_mb, device, released)
+
+    def stream_weights(self, bucket_mb: float) -> Iterator[weight_stream.Bucket]:
+        """A push through the object store (a Ray streaming generator): rank 0 yields the engines' buckets, each
+        stored once and read by every engine; the other ranks take part in ZeRO-3's gathers and yield none."""
+        yield from self._engine_buckets(bucket_mb, torch.device("cpu"))
+
+    def open_weight_channel(self, engines: int) -> weight_stream.Channel:
+        """Rank 0 serves the rendezvous of a weight channel to `engines` engines (then every member joins at once)."""
+        self._channel_store, channel = weight_stream.open_store(engines + 1)
+        return channel
+
+    def join_weight_channel(self, channel: weight_stream.Channel) -> None:
+        self._channel = weight_stream.join(channel, 0, self.device, self._channel_store)
+
+    def broadcast_weights(self, bucket_mb: float) -> int:
+        """A push over the weight channel: rank 0 broadcasts the engines' buckets (from its device: NCCL sends from
+        the GPU itself); returns the bytes sent (0 on the other ranks, which only take part in the gathers)."""
+        stream = self._engine_buckets(bucket_mb, self.device)
+        return weight_stream.send(self._channel, stream, self.device) if self.rank == 0 else sum(1 for _ in stream)
 
     def checkpoint(self) -> PolicyState:
         """The policy as it travels to the driver, which writes the run directory (a checkpoint): the full state
         (with LoRA, the merge, and the adapter itself). In a learner group rank 0 returns the weights; the other
         ranks take part in gathering ZeRO-3 shards and return the hash alone."""
-        state = self.export_weights()
-        weights_hash = hash_state(state)
         if self.rank != 0:
-            return PolicyState({}, weights_hash)
-        return PolicyState(state, weights_hash, self.adapter.saved() if self.adapter is not None else None)
+            for _ in self._weights_in_order():  # ZeRO-3's gathers need every rank; only rank 0 keeps a copy
+                pass
+            return PolicyState({}, self.weights_hash())
+        return PolicyState(self.export_weights(), self.weights_hash(),
+                           self.adapter.saved() if self.adapter is not None else None)
 
     def load_weights(self, source: WeightsSource) -> str:
         """Makes `source`'s weights the policy's (a rollback, a resume, a restart): the module and the optimizer's
         own fp32 copies both. With LoRA, a checkpoint's adapter goes back over the same base weights; weights
         without one become the base under the initial adapter. Returns the hash of the weights now in place."""
         if self.adapter is not None and isinstance(source, PolicyState) and source.adapter is not None:
+            self._hash = None
             self.adapter.restore(source.adapter)
         else:
             self._copy_into_module(_tensors(source))
@@ -308,11 +301,18 @@ class Learner:
         """rate * ema + (1 - rate) * policy, where ema is `source` (the previous EMA, or pi0 to start), for the
         driver to write; the other ranks of a learner group return its hash alone."""
         ema = _tensors(source)
-        policy = self.export_weights()
-        blended = {name: rate * ema[name] + (1.0 - rate) * policy[name] for name in ema}
-        return PolicyState(blended if self.rank == 0 else {}, hash_state(blended))
+        blended: dict[str, torch.Tensor] = {}
+        digest = WeightsDigest()
+        for name, tensor in self._weights_in_order():  # one weight at a time; only rank 0 keeps the blend
+            if name in ema:
+                value = rate * ema[name] + (1.0 - rate) * tensor.to("cpu")
+                digest.update(name, value)
+                if self.rank == 0:
+                    blended[name] = value
+        return PolicyState(blended, digest.hexdigest())
 
     def _copy_into_module(self, state: dict[str, torch.Tensor]) -> None:
+        self._hash = None
         if self.adapter is not None:
             self.adapter.load_base(state)
             return
@@ -331,10 +331,14 @@ class Learner:
                 param.copy_(state[name].to(param.device, param.dtype))
 
     def weights_hash(self) -> str:
-        """The hash of `export_weights()`'s state, read in place where the module holds whole weights (no copy)."""
-        if self.adapter is not None or self.cfg.zero_stage == 3:
-            return hash_state(self.export_weights())
-        return hash_state(self.policy.state_dict())
+        """The hash of `export_weights()`'s state (`hash_state`), read one weight at a time in place (no copy of the
+        model), once per change of the weights: every change goes through `start_round` or `_copy_into_module`."""
+        if self._hash is None:
+            digest = WeightsDigest()
+            for name, tensor in self._weights_in_order():
+                digest.update(name, tensor)
+            self._hash = digest.hexdigest()
+        return self._hash
 
 
 class RoundSteps:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from iterdpo.config.schema import DataConfig, GeneratorConfig, ModelConfig
+    from iterdpo.config.schema import DataConfig, GeneratorConfig, ModelConfig, SyncConfig
     from iterdpo.rounds.groups import GeneratorGroup
     from iterdpo.data.prompts import load_prompts
     from iterdpo.data.models import resolve_model
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(2)
     started = time.perf_counter()
     actor = GeneratorGroup.create(ModelConfig(path=model_dir), cfg, args.seed,
-                                  {"runtime_env": {"env_vars": actor_env()}}).first
+                                  {"runtime_env": {"env_vars": actor_env()}}, SyncConfig().bucket_mb).first
     bare = BareEngine(model_dir, cfg, args.seed)  # starts while the actor starts
     ray.get(actor.__ray_ready__.remote())
     print(f"engines started in {time.perf_counter() - started:.1f} s")

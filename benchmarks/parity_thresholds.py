@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                f"round {args.round - 1} (wrong)": str(previous)}
     found = {}
     for label, weights in serving.items():
-        engine.load_weights_file(weights)
+        engine.load_weights_file(weights, cfg.sync.bucket_mb)
         found[label] = [parity_stats([engine.logprobs(window)], ours) for window, ours in zip(windows, computed)]
     rows = []
     for label, stats in found.items():

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     from actors.generator import Generator
-    from actors.learner import TIED_HEAD
+    from iterdpo.core.weight_stream import TIED_HEAD
     from iterdpo.config.loading import config_from_dict
     from iterdpo.data.models import resolve_model
     from iterdpo.rounds.orchestrator import Orchestrator

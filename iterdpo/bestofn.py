@@ -42,7 +42,7 @@ def best_of_n(run_dir: Path, prompts: list[str], n: int, round_index: int | None
     init_ray(cfg.run.num_cpus)
     # one engine, started as the run's generators are (resources, environment, threads)
     engines = GeneratorGroup.create(ModelConfig(path=str(policy)), dataclasses.replace(cfg.generator, replicas=1),
-                                    seed, {"runtime_env": {"env_vars": actor_env()}})
+                                    seed, {"runtime_env": {"env_vars": actor_env()}}, cfg.sync.bucket_mb)
     try:
         sampling = cfg.generator.sampling(n, seed)
         samples = engines.generate([Prompt(text) for text in prompts], sampling)

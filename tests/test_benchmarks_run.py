@@ -26,6 +26,7 @@ RUNS = {
     "vs_trl": ["--quick"],  # TRL comes with the `test` extra
     "round_floor": ["--quick"],
     "learner_memory": ["--quick"],
+    "weight_stream": ["--quick"],
 }
 RATIO_LINES = {
     "generation": ["generation: actor/bare tokens/s", "generation: actor/hf tokens/s", "generation: bare/hf tokens/s"],
@@ -39,6 +40,9 @@ RATIO_LINES = {
                     "round_floor: whole round/(floor + evaluation floor) time"],
     "learner_memory": ["learner_memory: chunked/full step added peak", "learner_memory: chunked/full scoring added peak",
                        "learner_memory: chunked/full step peak"],
+    "weight_stream": ["weight_stream: most extra memory of a process/largest bucket, object_store, 1 MiB",
+                      "weight_stream: most extra memory of a process/largest bucket, collective, 1 MiB",
+                      "weight_stream: most extra memory of a process/model size, object_store, whole model"],
 }
 TARGETS = {
     "generation: actor/bare tokens/s": ">= 0.95",
@@ -50,6 +54,8 @@ TARGETS = {
     "vs_trl: iterdpo round/trl step time": "<= 0.5",
     "vs_trl: iterdpo round without evaluate/trl step time": "<= 0.333",
     "learner_memory: chunked/full step added peak": "<= 0.333",
+    "weight_stream: most extra memory of a process/largest bucket, object_store, 1 MiB": "<= 3",
+    "weight_stream: most extra memory of a process/largest bucket, collective, 1 MiB": "<= 3",
 }
 
 

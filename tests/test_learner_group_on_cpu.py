@@ -28,6 +28,7 @@ PAIRS = 9
 SETTINGS = RoundConfig(learning_rate=1e-2, epochs=2)
 RELATIVE_TOLERANCE = 1e-4
 WEIGHT_TOLERANCE = 1e-2  # of the largest change training made
+BUCKET_MB = 0.05  # the tiny model's weights in a few dozen buckets
 
 
 def _pairs(count: int) -> list[Pair]:
@@ -41,6 +42,28 @@ def _adam_state_numel(learner) -> int:
         inner = inner.optimizer
     return sum(value.numel() for state in inner.state.values() for value in state.values()
                if torch.is_tensor(value) and value.dim() > 0)
+
+
+def _whole_state(learner) -> dict[str, torch.Tensor]:
+    """Every weight gathered at once, as DeepSpeed's documentation copies out a ZeRO-3 model (the reference for the
+    learner's weights read one parameter at a time); under ZeRO 0-2 the module's state as it is."""
+    import contextlib
+
+    import deepspeed
+
+    module = learner.policy
+    gathered = (deepspeed.zero.GatheredParameters(list(module.parameters())) if learner.cfg.zero_stage == 3
+                else contextlib.nullcontext())
+    with gathered:
+        return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def _streamed(group: LearnerGroup, bucket_mb: float) -> list[list[tuple[str, torch.Tensor]]]:
+    """Rank 0's buckets of a push through the object store, as the engines receive them."""
+    stream, gathering = group.stream_weights(bucket_mb)
+    buckets = [ray.get(ref) for ref in stream]
+    assert [list(ranks) for ranks in gathering] == [[]] * len(gathering)  # the other ranks only gathered
+    return buckets
 
 
 def _backend(_learner) -> str:
@@ -66,7 +89,9 @@ def _train(replicas: int, folder, zero_stage: int = 2) -> dict:
         return {
             "reference": reference,
             "result": result,
-            "weights": ray.get(group.export_weights()),
+            "weights": ray.get([actor.export_weights.remote() for actor in group._readers])[0],
+            "whole": ray.get([actor.__ray_call__.remote(_whole_state) for actor in group._readers])[0],
+            "buckets": _streamed(group, BUCKET_MB),
             "saved_and_loaded": _saved_and_loaded(group, folder),
             "adam": ray.get([actor.__ray_call__.remote(_adam_state_numel) for actor in group.actors]),
             "hashes": ray.get([actor.weights_hash.remote() for actor in group.actors]),
@@ -103,6 +128,22 @@ def _assert_same_training(one: dict, two: dict) -> None:
     assert diff <= WEIGHT_TOLERANCE * moved
     for run in (one, two):  # a checkpoint written by rank 0 loads back on every rank
         assert run["saved_and_loaded"] == (run["result"].after.weights_hash,) * 2
+        _assert_whole_weights(run)
+
+
+def _assert_whole_weights(run: dict) -> None:
+    """Read one parameter at a time (a checkpoint's export, a push's buckets), the weights are those of the module
+    gathered at once, bit for bit; the buckets hold them in name order, each within sync.bucket_mb unless a tensor
+    alone is larger, the tied output head left out (the engines tie it back)."""
+    whole, weights, buckets = run["whole"], run["weights"], run["buckets"]
+    assert sorted(weights) == sorted(whole) and all(torch.equal(weights[name], whole[name]) for name in whole)
+    streamed = [(name, tensor) for bucket in buckets for name, tensor in bucket]
+    names = [name for name, _ in streamed]
+    assert names == sorted(set(whole) - {"lm_head.weight"}) and "model.embed_tokens.weight" in names
+    assert all(torch.equal(tensor, whole[name]) for name, tensor in streamed)
+    limit = BUCKET_MB * 2**20
+    sizes = [[t.numel() * t.element_size() for _, t in bucket] for bucket in buckets]
+    assert len(buckets) > 10 and all(sum(s) <= limit or len(s) == 1 for s in sizes), sizes
 
 
 def test_the_same_loss_trajectory_and_weights(one_and_two):

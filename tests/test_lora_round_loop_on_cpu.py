@@ -71,6 +71,6 @@ def test_rollback_to_an_earlier_round_restores_learner_and_engine(lora_run):
     saved = read_checkpoint(Path(folder))  # what a rollback sends through Ray: the merge and the adapter
     assert saved.adapter is not None
     assert ray.get(orchestrator.groups.learners.first.load_weights.remote(saved)) == rows[1]["policy/end_hash"]
-    ray.get(orchestrator.groups.generators.first.load_weights_file.remote(folder))
+    ray.get(orchestrator.groups.generators.first.load_weights_file.remote(folder, orchestrator.cfg.sync.bucket_mb))
     assert orchestrator.weights.check_parity().max <= orchestrator.cfg.sync.parity_tolerance
     assert ray.get(orchestrator.groups.learners.first.load_weights.remote(orchestrator.weights.pi0)) == rows[1]["policy/start_hash"]

@@ -20,8 +20,14 @@ def _perturb(weights: dict) -> dict:
 def test_parity_check_stops_a_run_with_wrong_weights(ray_session, tmp_path):
     cfg = load_config("configs/smoke.yaml", ["run.rounds=1"])
     orchestrator = Orchestrator(cfg, tmp_path / "run")
-    push = orchestrator.weights.push
-    orchestrator.weights.push = lambda weights: push(_perturb.remote(weights))  # every push: wrong weights
+    push, groups = orchestrator.weights.push, orchestrator.groups
+
+    def wrong_push() -> None:  # every push: the engines end up serving other weights than the learner's
+        push()
+        wrong = _perturb.remote(groups.learners.first.export_weights.remote())
+        ray.get([engine.load_weights.remote(wrong) for engine in groups.generators.actors])
+
+    orchestrator.weights.push = wrong_push
     try:
         with pytest.raises(ParityError, match="parity check failed"):
             orchestrator.run()

@@ -116,7 +116,7 @@ def test_engine_log_probs_are_the_learners(smoke_run):
     served = _token_gaps(orchestrator.groups.generators.score_pairs(pairs, orchestrator.weights.policy_hash), learner_now, pairs)
     pi0 = _token_gaps(orchestrator.groups.generators.score_pairs(pairs, orchestrator.weights.pi0_hash, orchestrator.weights.pi0), learner_pi0,
                       pairs)
-    orchestrator.weights.push(orchestrator.weights.pushed)
+    orchestrator.weights.push()
     assert orchestrator.weights.check_parity().max <= tolerance  # the engines serve the policy again
     assert 0 < max(sampled) <= tolerance and 0 < max(served) <= tolerance and 0 < max(pi0) <= tolerance
     # pi0 and the trained policy are told apart: their scores differ by far more than the tolerance

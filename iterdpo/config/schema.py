@@ -210,6 +210,13 @@ class SyncConfig(Checked):
     # loaded into the engines meanwhile). The parity check holds the engines to the learner; an engine scores
     # ~2x faster than the learner's forward pass. False: the learner scores them all, as it computes the loss.
     score_on_engine: bool = True
+    # How a push moves the learner's weights into the engines, in buckets of at most bucket_mb (a larger tensor
+    # alone): made one parameter at a time on learner rank 0, loaded by each engine as they come, so a push adds about
+    # a bucket to any process's memory, never a whole model (iterdpo/core/weight_stream.py). object_store: each
+    # bucket is one Ray object, read by every engine; collective: broadcast from learner rank 0 to the engines over
+    # a torch.distributed group of their own (gloo on CPU, NCCL on GPU), nothing through the object store.
+    transport: Literal["object_store", "collective"] = "object_store"
+    bucket_mb: PositiveFloat = 64.0
 
 
 @dataclass(frozen=True)

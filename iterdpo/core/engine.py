@@ -48,11 +48,11 @@ def start_engine(model_dir: Path, *, dtype: str, max_model_len: int, kv_cache_gi
     from vllm import LLM
 
     on_gpu = device_kind() == "cuda"
-    apart = {} if in_process() else {"worker_extension_cls": WORKER_EXTENSION}  # weights then come as bytes
     return LLM(
         model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=seed, trust_remote_code=trust_remote_code,
         enforce_eager=eager(enforce_eager, on_gpu), kv_cache_memory_bytes=int(kv_cache_gib * 2**30),
-        tensor_parallel_size=tensor_parallel_size, logprobs_mode="raw_logprobs", **apart,
+        tensor_parallel_size=tensor_parallel_size, logprobs_mode="raw_logprobs",
+        worker_extension_cls=WORKER_EXTENSION,  # in-place weight loads, a bucket at a time
         **({"distributed_executor_backend": "mp"} if tensor_parallel_size > 1 else {}),
     )
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from iterdpo.core.errors import ConfigError
 
@@ -16,16 +16,7 @@ if TYPE_CHECKING:
 
 def read_weights(path: str | Path) -> dict[str, "torch.Tensor"]:
     """Tensors from a safetensors file, or from every safetensors shard of a model folder."""
-    from safetensors.torch import load_file
-
-    target = Path(path)
-    files = sorted(target.glob("*.safetensors")) if target.is_dir() else [target]
-    if not files or not files[0].is_file():
-        raise FileNotFoundError(f"no safetensors weights in '{path}'")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(load_file(str(file)))
-    return state
+    return dict(iter_weights(path))
 
 
 def check_weight_files(folder: Path, field: str, required: bool = True) -> None:
@@ -70,13 +61,40 @@ def _check_safetensors(file: Path, field: str) -> None:
                           f"describes {8 + length + end}")
 
 
+class WeightsDigest:
+    """`hash_state` of a state dict given one tensor at a time, in name order (a stream of weights)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, name: str, tensor: "torch.Tensor") -> None:
+        import torch
+
+        self._digest.update(name.encode())
+        # the tensor's own bytes through the buffer protocol: no copy of a CPU tensor (a GPU tensor comes over once)
+        self._digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()[:16]
+
+
 def hash_state(state: dict[str, "torch.Tensor"]) -> str:
     """A short digest of the names and exact bytes of a state dict's tensors."""
-    import torch
-
-    digest = hashlib.sha256()
+    digest = WeightsDigest()
     for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        # the tensor's own bytes through the buffer protocol: no copy of a 0.5 GB state (a GPU tensor comes over once)
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-    return digest.hexdigest()[:16]
+        digest.update(name, tensor)
+    return digest.hexdigest()
+
+
+def iter_weights(path: str | Path) -> "Iterator[tuple[str, torch.Tensor]]":
+    """`read_weights`'s tensors one at a time (each read from the file when asked for)."""
+    from safetensors import safe_open
+
+    target = Path(path)
+    files = sorted(target.glob("*.safetensors")) if target.is_dir() else [target]
+    if not files or not files[0].is_file():
+        raise FileNotFoundError(f"no safetensors weights in '{path}'")
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                yield name, handle.get_tensor(name)

@@ -23,7 +23,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.generator import Generator
 from actors.judge import Judge
-from actors.learner import Learner, Rank, WeightsSource
+from actors.learner import Learner, WeightsSource
+from iterdpo.training.process_group import Rank
 from iterdpo.config.schema import Config, GeneratorConfig, JudgeConfig, LearnerConfig, ModelConfig, RoundConfig
 from iterdpo.config.scorers import engine_options
 from iterdpo.core.records import (Message, Pair, PairLogps, PolicyState, Prompt, Sample, Sampling, TrainResult,
@@ -34,6 +35,7 @@ from iterdpo.core.seeds import shard_seed
 from iterdpo.core.engine import engine_env
 from iterdpo.core.errors import RunError
 from iterdpo.core.sharding import conversation_key, prompt_shard_bounds, shard_bounds
+from iterdpo.core.weight_stream import Channel
 from iterdpo.rounds.placement import ROLES, Placement
 
 log = logging.getLogger("iterdpo")
@@ -51,8 +53,9 @@ def with_env(options: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 
 class GeneratorGroup:
-    def __init__(self, actors: list[Any]) -> None:
+    def __init__(self, actors: list[Any], bucket_mb: float) -> None:
         self.actors = actors
+        self.bucket_mb = bucket_mb  # sync.bucket_mb: an engine reads a weights file a bucket at a time
 
     @staticmethod
     def actor_options(cfg: GeneratorConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -63,11 +66,11 @@ class GeneratorGroup:
                 "resources": cfg.resources}
 
     @classmethod
-    def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any],
+    def create(cls, model: ModelConfig, cfg: GeneratorConfig, seed: int, options: dict[str, Any], bucket_mb: float,
                placement: Placement = NOWHERE) -> GeneratorGroup:
         remote = ray.remote(Generator)
         return cls([remote.options(**cls.actor_options(cfg, options), **placement.options("generator", i)
-                                   ).remote(model, cfg, seed) for i in range(cfg.replicas)])
+                                   ).remote(model, cfg, seed) for i in range(cfg.replicas)], bucket_mb)
 
     @property
     def first(self) -> Any:
@@ -85,12 +88,26 @@ class GeneratorGroup:
         return [dataclasses.replace(sample, prompt_index=sample.prompt_index + lo)
                 for (lo, _), samples in zip(calls, shards) for sample in samples]
 
-    def load_weights(self, state: ray.ObjectRef) -> None:
-        """Every generator loads the same object (put once) in place."""
-        ray.get([actor.load_weights.remote(state) for actor in self.actors])
+    # -- a push, a bucket at a time (`iterdpo.rounds.push`): each call returns one pending result per engine ------
+
+    def start_load(self) -> list[ray.ObjectRef]:
+        return [actor.start_load.remote() for actor in self.actors]
+
+    def load_bucket(self, bucket: ray.ObjectRef) -> list[ray.ObjectRef]:
+        """Every engine loads the same bucket (one object in the store)."""
+        return [actor.load_bucket.remote(bucket) for actor in self.actors]
+
+    def finish_load(self) -> list[ray.ObjectRef]:
+        return [actor.finish_load.remote() for actor in self.actors]
+
+    def join_weight_channel(self, channel: Channel) -> list[ray.ObjectRef]:
+        return [actor.join_weight_channel.remote(channel, rank) for rank, actor in enumerate(self.actors, start=1)]
+
+    def receive_weights(self) -> list[ray.ObjectRef]:
+        return [actor.receive_weights.remote() for actor in self.actors]
 
     def load_weights_file(self, path: str) -> None:
-        ray.get([actor.load_weights_file.remote(path) for actor in self.actors])
+        ray.get([actor.load_weights_file.remote(path, self.bucket_mb) for actor in self.actors])
 
     def logprobs(self, sequences: list[tuple[list[int], list[int]]]) -> list[ray.ObjectRef]:
         """One pending result per generator: the parity check holds each engine to the learner."""
@@ -249,13 +266,24 @@ class LearnerGroup:
     def update_ema(self, source: WeightsSource | ray.ObjectRef, rate: float) -> PolicyState:
         return self.results([[actor.update_ema.remote(source, rate) for actor in self._readers]])[0]
 
-    def export_weights(self) -> ray.ObjectRef:
-        """Rank 0's state dict for the engines (a tied output head left out), left in the object store for the
-        generators."""
-        refs = [actor.export_weights.remote(for_engine=True) for actor in self._readers]
-        if len(refs) > 1:
-            ray.wait(refs[1:], num_returns=len(refs) - 1, fetch_local=False)
-        return refs[0]
+    # -- a push (`iterdpo.rounds.push`): pending results --------------------------------------------------------
+
+    def stream_weights(self, bucket_mb: float) -> tuple[Any, list[Any]]:
+        """Rank 0's buckets for the engines as they are made (a Ray streaming generator, at most one bucket made
+        ahead of the one the driver has taken), and the other ranks' streams (empty: they take part in ZeRO-3's
+        gathers), which end when the push is made."""
+        streams = [actor.stream_weights.options(num_returns="streaming", _generator_backpressure_num_objects=1)
+                   .remote(bucket_mb) for actor in self._readers]
+        return streams[0], streams[1:]
+
+    def open_weight_channel(self, engines: int) -> ray.ObjectRef:
+        return self.first.open_weight_channel.remote(engines)
+
+    def join_weight_channel(self, channel: Channel) -> ray.ObjectRef:
+        return self.first.join_weight_channel.remote(channel)
+
+    def broadcast_weights(self, bucket_mb: float) -> list[ray.ObjectRef]:
+        return [actor.broadcast_weights.remote(bucket_mb) for actor in self._readers]
 
     def kill(self) -> None:
         for actor in self.actors:
@@ -284,7 +312,8 @@ class ActorGroups:
                                            cfg.run.placement_timeout_s)
         self.generators = self.judges = self.learners = None
         try:
-            self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options, self.placement)
+            self.generators = GeneratorGroup.create(cfg.model, cfg.generator, cfg.run.seed, options,
+                                                    cfg.sync.bucket_mb, self.placement)
             self._started_if_on_gpus("generator", self.generators.actors, cfg.generator.num_gpus)
             self.judges = JudgeGroup.create(cfg.judge, options, self.placement)
             self._started_if_on_gpus("judge", self.judges.actors, cfg.judge.num_gpus)

@@ -33,6 +33,7 @@ from iterdpo.data.weight_files import check_weight_files
 from iterdpo.evaluation.parity import ParityStats, parity_stats
 from iterdpo.rounds.groups import ActorGroups
 from iterdpo.rounds.pairs import PairSet, sampled_logps
+from iterdpo.rounds.push import WeightPush
 from iterdpo.rounds.rows import Reference
 from iterdpo.rundir.checkpoints import read_checkpoint, write_checkpoint, write_weights
 from iterdpo.rundir.layout import RunDir, round_name
@@ -58,7 +59,10 @@ class PolicyWeights:
         self.pi0 = cfg.model.path  # where every node finds the initial policy (a Hub id at its pinned commit)
         self.pi0_hash = self.policy_hash = groups.learners.weights_hash()
         self.accepted = self.pi0  # what a rejected round rolls back to
-        self.pushed: ray.ObjectRef | None = None  # the weights the engines serve, as last pushed
+        self._push = WeightPush(cfg.sync, groups)  # the learner's weights into the engines (`iterdpo.rounds.push`)
+        # False while the engines may serve other weights than the learner's last push: between a push's first bucket
+        # and its end, and while they serve pi0. A learner restored then pushes again: the engines may hold a part.
+        self.engines_current = True
         self.probe: list[Sequence] = []  # the parity check's sequences
         self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
         self._read: tuple[str, ray.ObjectRef] | None = None  # the run-directory weights last put (`_source`)
@@ -131,13 +135,15 @@ class PolicyWeights:
     def sync(self, samples: list[Sample]) -> ParityStats:
         """Pushes the learner's weights into the engines, then proves each engine serves them (on a probe of the
         round's samples)."""
-        self.push(self.groups.learners.export_weights())
+        self.push()
         self.probe = probe_of([(s.prompt_ids, s.response_ids) for s in samples], self.cfg.sync.probe_sequences)
         return self.check_parity()
 
-    def push(self, weights: ray.ObjectRef) -> None:
-        self.groups.generators.load_weights(weights)
-        self.pushed = weights  # what the engines go back to after serving pi0 for a while
+    def push(self) -> None:
+        """The learner's weights into every engine, streamed (`iterdpo.rounds.push`)."""
+        self.engines_current = False
+        self._push()
+        self.engines_current = True
 
     def check_parity(self, probe: list[Sequence] | None = None) -> ParityStats:
         """How far every engine's log-probs of `probe` (default: the run's probe) are from the learner's
@@ -156,15 +162,16 @@ class PolicyWeights:
     def under_pi0(self, sequences: list[Sequence]) -> Callable[[], list[list[float]]]:
         """Starts scoring `sequences` under pi0 and returns what waits for the scores. The learner starts at once
         (it computes while the caller's next work runs on other actors); the engines score when waited for, as they
-        must be done generating, and then serve the weights last pushed again, proven."""
+        must be done generating, and then serve the learner's weights again (the ones last pushed), proven."""
         if not self.cfg.sync.score_on_engine:
             learners = self.groups.learners
             pending = learners.logprobs(sequences, self.pi0)
             return lambda: learners.results([pending])[0]
 
         def on_engines() -> list[list[float]]:
+            self.engines_current = False
             scores = self.groups.generators.score(sequences, self.pi0)
-            self.push(self.pushed)
+            self.push()
             self.check_parity()
             return scores
 
@@ -175,6 +182,7 @@ class PolicyWeights:
     def restore(self, role: str) -> ParityStats | None:
         """Puts the run's weights back into `role`'s actors (module docstring); for the engines, returns the parity
         check's statistics (None before the run has a probe)."""
+        self._push.reset()  # a restarted actor is not in the weight channel
         if role == "learner":
             restored = self.groups.learners.load_weights(self._source(self.accepted))
             if restored != self.policy_hash:
@@ -185,8 +193,10 @@ class PolicyWeights:
                 if again.after is None or again.after.weights_hash != self._trained.weights_hash:
                     raise RunError("after the learner's restart the round's training gave other weights than before "
                                    f"(hash {again.after and again.after.weights_hash} vs {self._trained.weights_hash})")
+            if not self.engines_current:  # the learner died during a push or pi0's pass: the engines get its again
+                return self.restore("generator")
         elif role == "generator":
-            self.push(self.groups.learners.export_weights())
+            self.push()
             return self.check_parity() if self.probe else None
         return None
 
