@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from iterdpo.config.schema import GeneratorConfig, ModelConfig
-from iterdpo.core.devices import device_kind
 from iterdpo.core.engine import in_process, seeded_params, start_engine
 from iterdpo.data.prompts import engine_input, prompt_length
 from iterdpo.data.models import local_path, resolve_model
@@ -40,8 +39,8 @@ class Generator:
         self.llm = build_engine(model, cfg, seed)
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tied_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
-        self.device = torch.device(device_kind())  # where the engine's weights live: a broadcast lands there
-        self.channel: torch.distributed.ProcessGroup | None = None  # the weight channel, once joined
+        self.channel: torch.distributed.Backend | None = None  # the weight channel, once joined
+        self.channel_device = torch.device("cpu")  # where its broadcasts land
 
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Sample]:
         from vllm import SamplingParams
@@ -124,31 +123,42 @@ class Generator:
         self.llm.collective_rpc("finish_weight_load")
         self.llm.reset_prefix_cache()
 
+    # A load always finishes, even one cut short: vLLM's layerwise reload would otherwise stay open, and the next
+    # load would count a half-loaded layer's old buffers again. A layer left incomplete is not the learner's: the
+    # parity check says so, and the push is made again.
+
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """A whole state dict loaded in place, as one bucket."""
         self.start_load()
-        self.load_bucket(list(state.items()))
-        self.finish_load()
+        try:
+            self.load_bucket(list(state.items()))
+        finally:
+            self.finish_load()
 
     def load_weights_file(self, path: str, bucket_mb: float) -> None:
         """The weights of a safetensors file, a model folder or a model location (pi0, for scoring under it), read
         and loaded a bucket of `bucket_mb` at a time."""
         self.start_load()
-        for bucket in buckets(iter_weights(local_path(path)), bucket_bytes(bucket_mb)):
-            self.load_bucket(bucket)
-        self.finish_load()
+        try:
+            for bucket in buckets(iter_weights(local_path(path)), bucket_bytes(bucket_mb)):
+                self.load_bucket(bucket)
+        finally:
+            self.finish_load()
 
     def join_weight_channel(self, channel: Channel, rank: int) -> None:
         """This engine's place (`rank` >= 1) in the weight channel learner rank 0 broadcasts over."""
-        self.channel = join(channel, rank, self.device)
+        self.channel = join(channel, rank)
+        self.channel_device = channel.device
 
     def receive_weights(self) -> int:
         """A push over the weight channel, each bucket loaded as it comes; returns the bytes received."""
         self.start_load()
         received = 0
-        for bucket in receive(self.channel, self.device):
-            self.load_bucket(bucket)
-            received += size_of(bucket)
-            del bucket  # one bucket in memory at a time
-        self.finish_load()
+        try:
+            for bucket in receive(self.channel, self.channel_device):
+                self.load_bucket(bucket)
+                received += size_of(bucket)
+                del bucket  # one bucket in memory at a time
+        finally:
+            self.finish_load()
         return received

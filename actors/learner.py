@@ -95,7 +95,8 @@ class Learner:
         self.device = self.engine.device
         self._hash: str | None = None  # the weights' hash, until they change (`weights_hash`)
         self._channel_store: torch.distributed.Store | None = None  # a weight channel's rendezvous, served by rank 0
-        self._channel: torch.distributed.ProcessGroup | None = None
+        self._channel: torch.distributed.Backend | None = None
+        self._channel_device = self.device
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
@@ -259,19 +260,26 @@ class Learner:
         stored once and read by every engine; the other ranks take part in ZeRO-3's gathers and yield none."""
         yield from self._engine_buckets(bucket_mb, torch.device("cpu"))
 
-    def open_weight_channel(self, engines: int) -> weight_stream.Channel:
+    def open_weight_channel(self, engines: int, nccl: bool) -> weight_stream.Channel:
         """Rank 0 serves the rendezvous of a weight channel to `engines` engines (then every member joins at once)."""
-        self._channel_store, channel = weight_stream.open_store(engines + 1)
+        self._channel_store, channel = weight_stream.open_store(engines + 1, nccl)
         return channel
 
     def join_weight_channel(self, channel: weight_stream.Channel) -> None:
-        self._channel = weight_stream.join(channel, 0, self.device, self._channel_store)
+        self._channel = weight_stream.join(channel, 0, self._channel_store)
+        self._channel_device = channel.device  # NCCL sends from the GPU itself
 
     def broadcast_weights(self, bucket_mb: float) -> int:
-        """A push over the weight channel: rank 0 broadcasts the engines' buckets (from its device: NCCL sends from
-        the GPU itself); returns the bytes sent (0 on the other ranks, which only take part in the gathers)."""
-        stream = self._engine_buckets(bucket_mb, self.device)
-        return weight_stream.send(self._channel, stream, self.device) if self.rank == 0 else sum(1 for _ in stream)
+        """A push over the weight channel: rank 0 broadcasts the engines' buckets; returns the bytes sent (0 on the
+        other ranks, which only take part in the gathers)."""
+        stream = self._engine_buckets(bucket_mb, self._channel_device)
+        if self.rank != 0:
+            return sum(1 for _ in stream)  # makes no bucket: 0
+        try:
+            return weight_stream.send(self._channel, stream, self._channel_device)
+        finally:
+            for _ in stream:  # a failed send still goes through every gather, or the other ranks would hang in one
+                pass
 
     def checkpoint(self) -> PolicyState:
         """The policy as it travels to the driver, which writes the run directory (a checkpoint): the full state
@@ -332,7 +340,7 @@ class Learner:
 
     def weights_hash(self) -> str:
         """The hash of `export_weights()`'s state (`hash_state`), read one weight at a time in place (no copy of the
-        model), once per change of the weights: every change goes through `start_round` or `_copy_into_module`."""
+        model), once per change of the weights: an optimizer step, `_copy_into_module` and an adapter's restore forget it."""
         if self._hash is None:
             digest = WeightsDigest()
             for name, tensor in self._weights_in_order():
@@ -391,6 +399,7 @@ class RoundSteps:
             return None
         boundary = learner.engine.is_gradient_accumulation_boundary()
         learner.engine.step()
+        learner._hash = None  # the weights may have moved
         if boundary and not learner.engine.was_step_applied():
             hook.step_refused()  # ZeRO found a non-finite gradient norm and skipped the update
             return None

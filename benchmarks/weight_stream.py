@@ -243,9 +243,9 @@ def _streaming_sides(cfg, groups, bucket_sizes: list[float], state_mb: float) ->
     for transport in ("object_store", "collective"):
         for bucket_mb in bucket_sizes:
             sync = dataclasses.replace(cfg.sync, transport=transport, bucket_mb=bucket_mb)
-            sides[f"{transport}, {bucket_mb:g} MiB"] = WeightPush(sync, groups)
+            sides[f"{transport}, {bucket_mb:g} MiB"] = WeightPush(sync, groups, nccl=False)
     whole = dataclasses.replace(cfg.sync, transport="object_store", bucket_mb=4 * state_mb)
-    sides["object_store, whole model"] = WeightPush(whole, groups)
+    sides["object_store, whole model"] = WeightPush(whole, groups, nccl=False)
     return sides
 
 

@@ -40,7 +40,8 @@ def pushed(ray_session, tmp_path_factory):
         stale = parity_stats(ray.get(groups.generators.logprobs(probe)), learner_scores)
         served = {}
         for transport, bucket_mb in WAYS:
-            WeightPush(dataclasses.replace(orchestrator.cfg.sync, transport=transport, bucket_mb=bucket_mb), groups)()
+            WeightPush(dataclasses.replace(orchestrator.cfg.sync, transport=transport, bucket_mb=bucket_mb), groups,
+                       nccl=False)()
             served[transport, bucket_mb] = ray.get(groups.generators.logprobs(probe))
         return {"rows": rows, "tolerance": orchestrator.cfg.sync.parity_tolerance, "stale": stale,
                 "learner": learner_scores, "served": served}

@@ -276,8 +276,8 @@ class LearnerGroup:
                    .remote(bucket_mb) for actor in self._readers]
         return streams[0], streams[1:]
 
-    def open_weight_channel(self, engines: int) -> ray.ObjectRef:
-        return self.first.open_weight_channel.remote(engines)
+    def open_weight_channel(self, engines: int, nccl: bool) -> ray.ObjectRef:
+        return self.first.open_weight_channel.remote(engines, nccl)
 
     def join_weight_channel(self, channel: Channel) -> ray.ObjectRef:
         return self.first.join_weight_channel.remote(channel)

@@ -1,7 +1,7 @@
 """A push: the learner's weights into every engine, a bucket of `sync.bucket_mb` at a time, over `sync.transport`
 (`iterdpo.core.weight_stream`). Learner rank 0 makes the buckets one parameter at a time (under ZeRO-3 the other
-ranks take part in each parameter's gather); every engine loads each bucket as it comes. No process, and not the
-object store, ever holds a whole copy of the model for a push."""
+ranks take part in each parameter's gather); every engine loads each bucket as it comes. Neither the object store
+nor any process holds a whole copy of the model for a push (with LoRA, the learner's merge is one)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from iterdpo.rounds.groups import ActorGroups
 
 
 class WeightPush:
-    def __init__(self, sync: SyncConfig, groups: ActorGroups) -> None:
-        self.sync, self.groups = sync, groups
+    def __init__(self, sync: SyncConfig, groups: ActorGroups, nccl: bool) -> None:
+        """`nccl`: the collective transport's channel between GPUs (`weight_stream.nccl_possible`), else gloo."""
+        self.sync, self.groups, self.nccl = sync, groups, nccl
         self._channel_open = False  # collective: the weight channel's process group, once every member joined
 
     def reset(self) -> None:
@@ -30,7 +31,8 @@ class WeightPush:
     def _through_object_store(self) -> None:
         """Each bucket one object, put by learner rank 0 and read by every engine. The engines load a bucket while
         the learner makes the next (which waits for the driver to take it: at most one made ahead); the driver takes
-        a bucket only once the previous one is loaded, so the store holds about two buckets at a time."""
+        a bucket only once the previous one is loaded, so the store holds about three buckets at a time (one being
+        loaded, one taken, one made ahead)."""
         learners, engines = self.groups.learners, self.groups.generators
         pending = engines.start_load()
         stream, gathering = learners.stream_weights(self.sync.bucket_mb)
@@ -41,8 +43,8 @@ class WeightPush:
             pending += loading
             loading = engines.load_bucket(bucket)
         # The learner's streams first: a learner that died mid-stream is the failure to report (the engines' calls
-        # given its missing bucket fail too, in its name). The engines finish the load whatever happened: a layer
-        # that got no new weights keeps its old ones.
+        # given its missing bucket fail too, in its name). The engines finish the load whatever happened (a layer
+        # left incomplete is caught by the parity check, and the push is made again after a restore).
         finished = engines.finish_load()
         ray.get([ranks.completed() for ranks in (stream, *gathering)] + pending + loading + finished)
 
@@ -51,7 +53,7 @@ class WeightPush:
         learners, engines = self.groups.learners, self.groups.generators
         try:
             if not self._channel_open:
-                channel = ray.get(learners.open_weight_channel(len(engines.actors)))
+                channel = ray.get(learners.open_weight_channel(len(engines.actors), self.nccl))
                 ray.get([learners.join_weight_channel(channel), *engines.join_weight_channel(channel)])
                 self._channel_open = True
             ray.get(learners.broadcast_weights(self.sync.bucket_mb) + engines.receive_weights())

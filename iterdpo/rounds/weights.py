@@ -33,6 +33,7 @@ from iterdpo.data.weight_files import check_weight_files
 from iterdpo.evaluation.parity import ParityStats, parity_stats
 from iterdpo.rounds.groups import ActorGroups
 from iterdpo.rounds.pairs import PairSet, sampled_logps
+from iterdpo.core.weight_stream import nccl_possible
 from iterdpo.rounds.push import WeightPush
 from iterdpo.rounds.rows import Reference
 from iterdpo.rundir.checkpoints import read_checkpoint, write_checkpoint, write_weights
@@ -59,7 +60,9 @@ class PolicyWeights:
         self.pi0 = cfg.model.path  # where every node finds the initial policy (a Hub id at its pinned commit)
         self.pi0_hash = self.policy_hash = groups.learners.weights_hash()
         self.accepted = self.pi0  # what a rejected round rolls back to
-        self._push = WeightPush(cfg.sync, groups)  # the learner's weights into the engines (`iterdpo.rounds.push`)
+        # the learner's weights into the engines (`iterdpo.rounds.push`)
+        self._push = WeightPush(cfg.sync, groups, nccl_possible(cfg.learner.num_gpus, cfg.generator.num_gpus,
+                                                                cfg.generator.tensor_parallel_size))
         # False while the engines may serve other weights than the learner's last push: between a push's first bucket
         # and its end, and while they serve pi0. A learner restored then pushes again: the engines may hold a part.
         self.engines_current = True
@@ -96,6 +99,7 @@ class PolicyWeights:
             scored["start"] = sampled_logps(pair_set.pairs, samples, self.policy_hash)
             scored.setdefault("reference", scored["start"])
             if pi0_pass:  # the engines serve pi0 until the round's sync pushes the trained weights
+                self.engines_current = False
                 scored["pi0"] = self.groups.generators.score_pairs(pair_set.pairs, self.pi0_hash, self.pi0)
         reference = scored["reference"]
         pi0 = scored.get("pi0", reference if same_as_pi0 else None)
