@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/round_overhead.py --quick
     .venv/bin/python benchmarks/round_overhead.py --config configs/default.yaml --points 2 --prompts 8
     .venv/bin/python benchmarks/round_overhead.py --config configs/smoke.yaml generator.max_new_tokens=32
+    .venv/bin/python benchmarks/round_overhead.py --config configs/online.yaml --points 1 --repeats 8
 
 One `Orchestrator` (real Ray actors: vLLM generator, judge, DeepSpeed learner) evaluates the initial policy and
 runs rounds through its own `run_round`, as `Orchestrator.run` does. The prompts per round take the values
@@ -16,6 +17,10 @@ P, 2P, 4P, ... (--points of them, P = --prompts or the config's data.prompts_per
   accepted round's checkpoint, is a phase of its own.) The whole `run_round` call is reported against the same sum.
 - scaling: the median round time (and generate / train time) at each point, relative to P. The evaluation and
   safety suite do not depend on P, so a round grows by less than the prompts do.
+- per step (with `run.eval_every` > 1, as in configs/online.yaml, where a round is one optimizer step): over the
+  rounds that were not evaluated, the seconds of a round that are neither generation nor training (judging, pairs,
+  reference, push and parity check, rescoring, the gate's save, the row and manifests), each phase's median, and
+  their share of the round.
 """
 
 from __future__ import annotations
@@ -113,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     phase_keys = [f"time/{phase}" for phase in PHASES]
     table = []
     for row in rows:
-        phases = sum(row[key] for key in phase_keys)
+        phases = sum(row.get(key, 0.0) for key in phase_keys)  # no evaluate phase in a round not evaluated
         row["phases"] = phases
         table.append([row["round"], row["prompts"], row["time/round"], phases, row["time/round"] / phases,
                       row["call"] / phases, row["time/round"] - phases,
                       *(row.get(f"extra/{method}", 0.0) for method in OUTSIDE_PHASES),
-                      *(row[key] for key in phase_keys)])
+                      *(row.get(key, 0.0) for key in phase_keys)])
     print_table(["round", "P", "time/round", "sum phases", "round/phases", "call/phases", "gap s",
                  *(f"{method.strip('_')} s" for method in OUTSIDE_PHASES), *PHASES], table)
     print(ratio_line("round_overhead: round wall/sum of phases",
@@ -136,7 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     for p in points[1:]:
         print(ratio_line(f"round_overhead: round time at {p // base}P/P",
                          median_at(p, "time/round") / median_at(base, "time/round")))
+    per_step([row for row in rows if not row["round/evaluated"]], phase_keys)
     return 0
+
+
+def per_step(rows: list[dict], phase_keys: list[str]) -> None:
+    """What a round that is not evaluated spends beside generation and training: each phase's median, the rest."""
+    if not rows:
+        return
+    others = [key for key in phase_keys if key not in ("time/generate", "time/train", "time/evaluate")]
+    overhead = [row["time/round"] - row["time/generate"] - row["time/train"] for row in rows]
+    print_table(["rounds without evaluation", "median s"],
+                [[key, statistics.median(row[key] for row in rows)] for key in ["time/round", "time/generate",
+                                                                               "time/train", *others]]
+                + [["outside the phases", statistics.median(row["time/round"] - row["phases"] for row in rows)],
+                   ["all but generate and train", statistics.median(overhead)]])
+    print(ratio_line("round_overhead: per step, seconds beside generation and training", statistics.median(overhead)))
+    print(ratio_line("round_overhead: per step, share of the round beside generation and training",
+                     statistics.median(o / row["time/round"] for o, row in zip(overhead, rows))))
 
 
 if __name__ == "__main__":

@@ -42,19 +42,27 @@ def _manifest(run_dir: Path, index: int) -> dict:
         return {}
 
 
+def _after(index: int, phase: str):
+    """A kill point: round `index` has finished `phase`."""
+    return lambda run_dir: phase in _manifest(run_dir, index).get("phases_done", [])
+
+
+def _finished_run(run_dir: Path, args: list[str]) -> list[dict]:
+    process = cli("run", *args, "--run-dir", str(run_dir))
+    assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    return rows(run_dir)
+
+
 KILL_POINTS = {
-    "round 1 after train": lambda d: "train" in _manifest(d, 1).get("phases_done", []),
-    "round 2 after generate": lambda d: "generate" in _manifest(d, 2).get("phases_done", []),
-    "round 2 after sync_weights": lambda d: "sync_weights" in _manifest(d, 2).get("phases_done", []),
+    "round 1 after train": _after(1, "train"),
+    "round 2 after generate": _after(2, "generate"),
+    "round 2 after sync_weights": _after(2, "sync_weights"),
 }
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("whole") / "run"
-    process = cli("run", *ARGS, "--run-dir", str(run_dir))
-    assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
-    return rows(run_dir)
+    return _finished_run(tmp_path_factory.mktemp("whole") / "run", ARGS)
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
@@ -159,3 +167,43 @@ def test_a_disk_that_fills_ends_the_run_with_one_line_and_resume_goes_on(uninter
     assert (tmp_path / "resume.code").read_text().strip() == "0", (tmp_path / "resume.err").read_text()[-3000:]
     final = [json.loads(line) for line in (tmp_path / "final.jsonl").read_text().splitlines()]
     assert [comparable(row) for row in final] == [comparable(row) for row in uninterrupted]
+
+
+# Online at any cadence: a round is one optimizer step (8 prompts, the global batch), evaluated every 2 rounds and
+# saved every 3 (evaluated rounds always): 1 stands unsaved, 2 is evaluated, 3 stands saved, 4 is the last.
+CADENCE_ARGS = ["configs/smoke.yaml", "run.rounds=4", "run.eval_every=2", "run.checkpoint_every=3",
+                "data.prompts_per_round=8", "learner.micro_batch_size=8", "generator.max_new_tokens=48"]
+CADENCE_KILL_POINTS = {
+    # round 1 stood unsaved: the resume redoes it from pi0 (its row, already written, is dropped first)
+    "round 2 after train": _after(2, "train"),
+    # round 3 stood saved: the resume starts from its weights
+    "round 4 after sync_weights": _after(4, "sync_weights"),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_cadence(tmp_path_factory):
+    return _finished_run(tmp_path_factory.mktemp("cadence") / "run", CADENCE_ARGS)
+
+
+def test_an_uninterrupted_run_at_a_cadence(uninterrupted_cadence):
+    done = uninterrupted_cadence[1:]
+    assert [row["round/evaluated"] for row in done] == [False, True, False, True]
+    assert [row["gate/accepted"] for row in done] == [None, True, None, True]
+    assert [row["policy/saved"] for row in done] == [False, True, True, True]
+    assert all(row["train/steps"] == 1 for row in done)  # one optimizer step a round
+    assert ["eval/reward_mean" in row and "safety/refusal_rate" in row for row in done] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("point", list(CADENCE_KILL_POINTS))
+def test_resume_after_sigkill_at_a_cadence_matches_an_uninterrupted_run(uninterrupted_cadence, tmp_path, point):
+    run_dir = tmp_path / "run"
+    process = cli("run", *CADENCE_ARGS, "--run-dir", str(run_dir))
+    _wait_for(process, CADENCE_KILL_POINTS[point], run_dir)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = cli("resume", str(run_dir))
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    finished = rows(run_dir)
+    assert [comparable(row) for row in finished] == [comparable(row) for row in uninterrupted_cadence]
+    assert finished[-1]["policy/end_hash"] == uninterrupted_cadence[-1]["policy/end_hash"]

@@ -279,6 +279,18 @@ class RunConfig(Checked):
     # Score each round's pairs under pi0 too: cumulative drift and KL to the initial policy.
     track_pi0: bool = True
     keep_checkpoints: PositiveInt = 1
+    # Evaluate (held-out reward, KL to pi0, the safety suite) and gate every this many rounds, and always after the
+    # last one. The rounds between carry their training metrics only and stand until the next evaluated round's
+    # verdict: a rejection rolls back to the last evaluated, accepted round (README: Online at any cadence).
+    eval_every: PositiveInt = 1
+    # Save the policy every this many rounds, and at every evaluated, accepted round (a rollback's target). A resume
+    # redoes the rounds since the last save, to the same metrics; a learner that dies in a round whose start weights
+    # were not saved stops the run for such a resume.
+    checkpoint_every: PositiveInt = 1
+    # Where every round's samples come from: the current policy (online/iterative DPO), or pi0, the initial policy,
+    # with the engines never given the trained weights to sample from (offline DPO on pi0's responses, the same judge
+    # and pairs budget). An evaluation still loads the policy into the engines, and pi0 back after it.
+    sampler: Literal["policy", "pi0"] = "policy"
     # Log an alarm when the chosen log-prob has fallen this many rounds in a row.
     alarm_rounds: PositiveInt = 2
     # CPUs Ray may use when it starts a local node; 0 lets Ray count them. Ignored on an existing cluster.
@@ -293,6 +305,14 @@ class RunConfig(Checked):
     # How long the run waits for the cluster to place all its actors (`iterdpo.rounds.placement`) before it stops
     # with one line saying what could not be placed.
     placement_timeout_s: PositiveFloat = 120.0
+
+    def evaluated(self, index: int) -> bool:
+        """Whether round `index` is evaluated and gated (`eval_every`, and the last round)."""
+        return index % self.eval_every == 0 or index >= self.rounds
+
+    def saved(self, index: int) -> bool:
+        """Whether round `index`'s policy is saved when it stands (`checkpoint_every`; evaluated rounds always)."""
+        return index % self.checkpoint_every == 0 or self.evaluated(index)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The round loop: generate -> judge -> build pairs -> reference log-probs -> train -> sync weights -> rescore ->
-evaluate -> gate.
+evaluate -> gate. Every `run.eval_every` rounds (and the last): a round between evaluates nothing and stands until
+the next verdict (`iterdpo.rounds.standing`).
 
 The driver only moves object refs between actors; each phase is one remote call (or one per actor) and one
 `ray.get` at its end, so phase times are the actors' compute plus a constant transfer cost. Every phase runs under
@@ -34,6 +35,7 @@ from iterdpo.rounds.placement import check_folder_on_nodes
 from iterdpo.rounds.preflight import preflight
 from iterdpo.rounds.rows import Judged, RoundOutputs, alarm_messages, alarm_metrics, round_row, round_summary
 from iterdpo.rounds.runtime import actor_env, init_ray
+from iterdpo.rounds.standing import standing_after
 from iterdpo.rounds.supervisor import Supervisor
 from iterdpo.rounds.weights import PolicyWeights, probe_of
 from iterdpo.rundir.layout import RunDir
@@ -87,26 +89,29 @@ class Orchestrator:
         for index in range(self.metrics.rows[-1]["round"] + 1, self.cfg.run.rounds + 1):
             row = self.run_round(index)
             self.record(row)
-            if not row["gate/accepted"] and self.cfg.gate.on_reject == "stop":
+            if row["gate/accepted"] is False and self.cfg.gate.on_reject == "stop":
                 log.warning("stopping: round %d was rejected and gate.on_reject is 'stop'", index)
                 break
         return self.metrics.rows
 
     def record(self, row: dict[str, Any]) -> None:
-        """A finished round's row into metrics.jsonl (its checkpoint is written already), then older checkpoints
-        pruned."""
+        """A finished round's row into metrics.jsonl (its checkpoint is written already), then the weights it made
+        useless removed: older checkpoints, rolled-back rounds'."""
         self.metrics.append(row)
-        self.files.prune(self.cfg.run.keep_checkpoints, upto=row["round"])
+        # the weights of standing rounds a rejection rolled back, once its row says so (a resume no longer needs them)
+        self.files.discard(set(row.get("gate/rolled_back_rounds", ())).__contains__)
+        self.files.prune(self.cfg.run.keep_checkpoints, upto=row["round"], protected=self.weights.protected())
         log.info(round_summary(row))
 
     def run_round(self, index: int) -> dict[str, Any]:
         """One round, phase by phase; returns its metrics row."""
         settings = self.schedule.settings(self.cfg, index, self.metrics.rows)
-        seed = round_seed(self.cfg.run.seed, index)
+        seed, evaluated = round_seed(self.cfg.run.seed, index), self.cfg.run.evaluated(index)
         manifest = RoundManifest(self.files.manifest(index), index, settings, seed, self.cfg.to_dict(),
                                  prompts_skipped=dataclasses.asdict(self.skipped))
         self.supervisor.new_round()
-        start_hash, start = self.weights.policy_hash, time.perf_counter()
+        start_hash, start, pushes = self.weights.policy_hash, time.perf_counter(), self.weights.pushes
+        sampled_by = self.weights.pi0_hash if self.weights.offline else start_hash
         with Phases(self.supervisor, manifest, index, len(PHASES)) as phase:
             samples = phase("generate", lambda: self.generate(index, settings, seed))
             judged = phase("judge", lambda: self.judge(samples))
@@ -115,21 +120,25 @@ class Orchestrator:
             reference = phase("reference", lambda: self.weights.reference(pairs_ref, pair_set, samples, settings,
                                                                           index))
             trained = phase("train", lambda: self.weights.train(pairs_ref, reference.scores, settings, index, seed))
-            parity = phase("sync_weights", lambda: self.weights.sync(samples))
+            # offline (run.sampler pi0) the engines keep serving pi0 to sample from: no push
+            parity = None if self.weights.offline else phase("sync_weights", lambda: self.weights.sync(samples))
             trained = phase("rescore", lambda: self.weights.rescore(trained, pair_set))
-            evaluation = phase("evaluate", lambda: self.evaluate(index))
+            evaluation = phase("evaluate", lambda: self.evaluate(index)) if evaluated else None
             save_round(self.files, index, samples, judged.result, pair_set.pairs)
             outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation)
             row = round_row(index, settings, outputs, start_hash, self.eval_baseline, dict(phase.timer.times))
-            row.update(phase("gate", lambda: self.gate(index, row, settings, trained.diverged, trained.refused_steps)))
-        row.update({"faults/actor_restarts": len(self.supervisor.restarted),
+            row.update(phase("gate", lambda: self.gate(index, row, settings, evaluated, trained.diverged,
+                                                       trained.refused_steps)))
+        row.update({"samples/policy_hash": sampled_by, "faults/actor_restarts": len(self.supervisor.restarted),
                     "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
                     "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
         for message in alarm_messages(row, self.cfg.run.alarm_rounds):
             log.warning(message)
         self.weights.round_over()
+        # the pushes into the engines in the round, restores of restarted actors included (none offline but an
+        # evaluation's)
         manifest.finish(start_hash=start_hash, end_hash=row["policy/end_hash"], accepted=row["gate/accepted"],
-                        policy_after=self.weights.policy_hash)
+                        policy_after=self.weights.policy_hash, engine_pushes=self.weights.pushes - pushes)
         return row
 
     def evaluate_initial_policy(self) -> None:
@@ -148,12 +157,16 @@ class Orchestrator:
 
     def resume(self) -> None:
         """Puts the policy of the last accepted round back everywhere, drops the files of the interrupted round."""
-        done = self.metrics.rows[-1]["round"]
+        done, current, anchor = standing_after(self.metrics.rows, self.weights.pi0_hash)
+        if done < self.metrics.rows[-1]["round"]:
+            log.info("rounds %d to %d are redone: their weights were not saved (run.checkpoint_every=%d)", done + 1,
+                     self.metrics.rows[-1]["round"], self.cfg.run.checkpoint_every)
+            self.metrics.truncate(done)
         self.files.discard_after(done)
         weights = {spec.label: spec.weight for spec in self.cfg.judge.scorers}
         self.eval_baseline = read_evaluation(self.files.eval_samples(0), weights)
-        self.weights.resume(self.metrics.rows, self.eval_baseline.sequences)
-        log.info("resuming after round %d from %s", done, self.weights.accepted)
+        self.weights.resume(current, anchor, self.eval_baseline.sequences)
+        log.info("resuming after round %d from %s", done, self.weights.location(current))
 
     # -- phases --------------------------------------------------------------------------------------------------
 
@@ -181,6 +194,7 @@ class Orchestrator:
         KL to pi0 (the engines, or the learner, score them under pi0); the safety suite."""
         sampling = self.cfg.generator.sampling(self.cfg.generator.eval_samples_per_prompt,
                                                eval_seed(self.cfg.run.seed))
+        self.weights.for_evaluation()
         samples = self.groups.generators.generate(list(self.prompts.eval), sampling)
         safety = safety_metrics(self.groups.generators.first, self.groups.judges.first, self.safety_prompts,
                                 self.cfg.safety, self.cfg.run.seed)
@@ -193,26 +207,31 @@ class Orchestrator:
         # the parity check's sequences until a round syncs
         self.weights.probe = self.weights.probe or probe_of(sequences, self.cfg.sync.probe_sequences)
         kl = held_out_kl(samples, under_pi0()) if under_pi0 is not None else {}
+        self.weights.back_to_sampling()
         metrics = {**reward_metrics(judged.result, samples, "eval/reward_", "eval", intervals=True), **safety, **kl}
         result = judged.result
         return Evaluation(metrics, result.combined, result.components, result.weights,
                           [s.prompt_index for s in samples], sequences)
 
-    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig, diverged: bool,
+    def gate(self, index: int, row: dict[str, Any], settings: RoundConfig, evaluated: bool, diverged: bool,
              refused_steps: int) -> dict[str, Any]:
         """Accepts the round (checkpoint, EMA) or rejects it, for its metrics or because its training diverged, and
-        restores the last accepted weights everywhere."""
+        restores the last evaluated, accepted weights everywhere. A round that was not evaluated stands (`gate/accepted`
+        null) until the next evaluated round's verdict, which covers it too."""
         if diverged:
             accepted, reason = False, (f"{refused_steps} optimizer steps had a non-finite loss or gradient "
                                        f"(faults.max_refused_steps={self.cfg.faults.max_refused_steps})")
             bounds: dict[str, float] = {}
+        elif not evaluated:
+            self.weights.accept(index, row["policy/end_hash"], settings, evaluated=False)
+            return {"gate/accepted": None, "policy/saved": self.weights.current.saved}
         else:
             accepted, reason, bounds = decide(row, baseline_row(self.metrics.rows, self.cfg.gate), self.cfg.gate)
         if accepted:
-            self.weights.accept(index, row["policy/end_hash"], settings)
-            return {"gate/accepted": True, **bounds}
+            self.weights.accept(index, row["policy/end_hash"], settings, evaluated=True)
+            return {"gate/accepted": True, "policy/saved": True, **bounds}
         log.warning("round %d rejected: %s", index, reason)
-        return {"gate/accepted": False, "gate/reason": reason, **bounds, **self.weights.roll_back()}
+        return {"gate/accepted": False, "gate/reason": reason, **bounds, **self.weights.roll_back(index)}
 
     def shutdown(self) -> None:
         self.groups.kill()

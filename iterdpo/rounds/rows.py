@@ -39,8 +39,8 @@ class RoundOutputs:
     pair_set: PairSet
     reference: Reference
     trained: TrainResult
-    parity: ParityStats
-    evaluation: Evaluation
+    parity: ParityStats | None  # None offline (run.sampler pi0): no push, nothing to check
+    evaluation: Evaluation | None  # None in a round that is not evaluated (`run.eval_every`)
 
 
 def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: str, initial: Evaluation,
@@ -58,7 +58,7 @@ def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: 
         "pairs/below_margin": pairs.below_margin,
         "pairs/unscored": pairs.unscored,
         "pairs/safety_reordered": pairs.safety_reordered,
-        **out.parity.metrics(),
+        **(out.parity.metrics() if out.parity else {}),
         "reference/source": reference.source,
         "reference/weights_hash": reference.scores.weights_hash,
         "policy/start_hash": start_hash,
@@ -67,8 +67,9 @@ def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: 
         **trained.metrics,
         **drift_metrics(reference.scores, reference.start, after, reference.pi0, settings.beta,
                         [p.prompt_index for p in pairs.pairs]),
-        **out.evaluation.metrics,
-        **versus_pi0(out.evaluation, initial),
+        "round/evaluated": out.evaluation is not None,
+        **(out.evaluation.metrics if out.evaluation else {}),
+        **(versus_pi0(out.evaluation, initial) if out.evaluation else {}),
         "throughput/generate_tokens_per_s": sum(len(s.response_ids) for s in out.samples) / times["time/generate"],
         **times,
     }
@@ -117,11 +118,16 @@ def alarm_messages(row: dict[str, Any], alarm_rounds: int) -> list[str]:
 
 
 def round_summary(m: dict[str, Any]) -> str:
-    """The one log line of a finished round."""
-    return ("round {}{}: reward/mean={:.4f} eval/reward_mean={:.4f} win_rate_vs_pi0={:.3f} pairs={} (ties {}) "
-            "loss={:.4f} chosen_drift={:.3f} rejected_drift={:.3f} refusal={:.3f} toxicity={:.3f} parity={:.2g} "
-            "time={:.1f}s").format(
-        m["round"], "" if m["gate/accepted"] else " (REJECTED)", m["reward/mean"], m["eval/reward_mean"],
-        m["eval/win_rate_vs_pi0"], m["pairs/count"], m["pairs/ties_dropped"], m["loss/mean"],
-        m["logps/chosen_drift"], m["logps/rejected_drift"], m["safety/refusal_rate"], m["safety/toxicity_rate"],
-        m["sync/parity_max_abs_diff"], m["time/round"])
+    """The one log line of a finished round (its evaluation's figures when it was evaluated)."""
+    verdict = {True: "", False: " (REJECTED)", None: " (stands until the next evaluated round)"}[m["gate/accepted"]]
+    evaluated = ("eval/reward_mean={:.4f} win_rate_vs_pi0={:.3f} ".format(m["eval/reward_mean"],
+                                                                           m["eval/win_rate_vs_pi0"])
+                 if "eval/reward_mean" in m else "")
+    safety = (" refusal={:.3f} toxicity={:.3f}".format(m["safety/refusal_rate"], m["safety/toxicity_rate"])
+              if "safety/refusal_rate" in m else "")
+    return ("round {}{}: reward/mean={:.4f} {}pairs={} (ties {}) loss={:.4f} chosen_drift={:.3f} rejected_drift={:.3f}"
+            "{} parity={} time={:.1f}s").format(
+        m["round"], verdict, m["reward/mean"], evaluated, m["pairs/count"], m["pairs/ties_dropped"], m["loss/mean"],
+        m["logps/chosen_drift"], m["logps/rejected_drift"], safety,
+        "{:.2g}".format(m["sync/parity_max_abs_diff"]) if "sync/parity_max_abs_diff" in m else "none (no push)",
+        m["time/round"])

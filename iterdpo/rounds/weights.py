@@ -1,4 +1,4 @@
-"""The run's policy weights, in one room: where pi0 and the last accepted weights are, what the engines were last
+"""The run's policy weights, in one room: where pi0 and the standing weights are, what the engines were last
 given, the parity check's probe, the policy's hash, and every operation that moves weights between the learner, the
 engines and the run directory. The orchestrator keeps the round's phases; what they do to weights goes through here.
 
@@ -9,10 +9,11 @@ engines and the run directory. The orchestrator keeps the round's phases; what t
 - **score under pi0**: pi0 loaded into the engines for a pass, then the pushed weights back, proven again (or the
   learner scores, with `sync.score_on_engine` false); and the round's **reference** scores;
 - **restore** an actor that holds only what its constructor built (a restart), a rejected round's weights, or
-  nothing of a resumed run: the learner gets the last accepted weights (checked by hash; the round trained again when
+  nothing of a resumed run: the learner gets the standing weights (checked by hash; the round trained again when
   it had trained, which must give the same hash), the engines the learner's (checked by the parity check);
-- **accept** a round (its checkpoint, the EMA reference) or **roll back** to the last accepted weights everywhere;
-- **resume** a run directory at its last accepted round.
+- **accept** a round (its checkpoint, the EMA reference), let a round that is not evaluated **stand** until the next
+  verdict (`iterdpo.rounds.standing`), or **roll back** to the last evaluated, accepted weights everywhere;
+- **resume** a run directory at the last round whose standing weights were saved.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from iterdpo.rounds.pairs import PairSet, sampled_logps
 from iterdpo.core.weight_stream import nccl_possible
 from iterdpo.rounds.push import WeightPush
 from iterdpo.rounds.rows import Reference
+from iterdpo.rounds.standing import Standing
 from iterdpo.rundir.checkpoints import read_checkpoint, write_checkpoint, write_weights
 from iterdpo.rundir.layout import RunDir, round_name
 from iterdpo.training.sequences import Sequence
@@ -58,14 +60,18 @@ class PolicyWeights:
     def __init__(self, cfg: Config, groups: ActorGroups, files: RunDir) -> None:
         self.cfg, self.groups, self.files = cfg, groups, files
         self.pi0 = cfg.model.path  # where every node finds the initial policy (a Hub id at its pinned commit)
-        self.pi0_hash = self.policy_hash = groups.learners.weights_hash()
-        self.accepted = self.pi0  # what a rejected round rolls back to
+        self.pi0_hash = groups.learners.weights_hash()
+        # the weights the run stands on, and the last evaluated, accepted ones: what a rejected round rolls back to
+        self.current = self.anchor = Standing(0, self.pi0_hash)
         # the learner's weights into the engines (`iterdpo.rounds.push`)
         self._push = WeightPush(cfg.sync, groups, nccl_possible(cfg.learner.num_gpus, cfg.generator.num_gpus,
                                                                 cfg.generator.tensor_parallel_size))
         # False while the engines may serve other weights than the learner's last push: between a push's first bucket
         # and its end, and while they serve pi0. A learner restored then pushes again: the engines may hold a part.
         self.engines_current = True
+        # run.sampler pi0: the engines serve pi0 for sampling; the trained weights go in only for an evaluation
+        self.offline = cfg.run.sampler == "pi0"
+        self.pushes = 0  # pushes into the engines so far (each round's manifest records its own)
         self.probe: list[Sequence] = []  # the parity check's sequences
         self._trained: _Trained | None = None  # the round's training, once done: redone if the learner dies
         self._read: tuple[str, ray.ObjectRef] | None = None  # the run-directory weights last put (`_source`)
@@ -82,19 +88,23 @@ class PolicyWeights:
         weights_file, source = {
             "refresh": (None, f"policy@{round_name(index)}_start"),
             "fixed": (self.pi0, "pi0"),
-            "ema": (self._ema_source(index), f"ema(rate={settings.ema_rate:g})"),
+            "ema": (self._ema_source(), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
         same_as_pi0 = (isinstance(weights_file, str) and weights_file == self.pi0) or (
             weights_file is None and self.policy_hash == self.pi0_hash)
-        on_engine, pi0_pass = self.cfg.sync.score_on_engine, self.cfg.run.track_pi0 and not same_as_pi0
+        # offline, the engines sampled the pairs under pi0: they give pi0's scores, the learner the rest
+        on_engine = self.cfg.sync.score_on_engine and not self.offline
+        pi0_pass = self.cfg.run.track_pi0 and not same_as_pi0
         pending = {}
         if weights_file is not None or not on_engine:
             pending["reference"] = learners.reference_logprobs(pairs_ref, weights_file)
         if weights_file is not None and not on_engine:
             pending["start"] = learners.reference_logprobs(pairs_ref, None)
-        if pi0_pass and not on_engine:
+        if pi0_pass and not on_engine and not self.offline:
             pending["pi0"] = learners.reference_logprobs(pairs_ref, self.pi0)
         scored = dict(zip(pending, learners.results(list(pending.values()))))
+        if pi0_pass and self.offline:
+            scored["pi0"] = sampled_logps(pair_set.pairs, samples, self.pi0_hash)
         if on_engine:
             scored["start"] = sampled_logps(pair_set.pairs, samples, self.policy_hash)
             scored.setdefault("reference", scored["start"])
@@ -111,12 +121,15 @@ class PolicyWeights:
         """The round trained on the learner; a diverged round leaves the learner at the round's start weights."""
         def run() -> TrainResult:
             return self.groups.learners.train(pairs_ref, reference, settings, seed, self.cfg.faults.max_refused_steps,
-                                              rescore=not self.cfg.sync.score_on_engine)
+                                              rescore=not self.cfg.sync.score_on_engine or self.offline)
 
         trained = run()
         if trained.diverged:
             log.warning("round %d: %d optimizer steps had a non-finite loss or gradient; the learner goes back to the "
-                        "round's start weights", index, trained.refused_steps)
+                        "round's start weights (the last evaluated, accepted ones where those were not saved)", index,
+                        trained.refused_steps)
+            if not self.current.saved:
+                self.current = self.anchor
             self.restore("learner")
         else:
             self._trained = _Trained(redo=run, weights_hash=trained.after.weights_hash)
@@ -125,7 +138,7 @@ class PolicyWeights:
     def rescore(self, trained: TrainResult, pair_set: PairSet) -> TrainResult:
         """The pairs under the trained weights, for the drift metrics: scored by the engines, which serve those
         weights now (the learner scored them itself unless sync.score_on_engine)."""
-        if trained.diverged or not self.cfg.sync.score_on_engine:
+        if trained.diverged or not self.cfg.sync.score_on_engine or self.offline:
             return trained
         return dataclasses.replace(trained, after=self.groups.generators.score_pairs(pair_set.pairs,
                                                                                      trained.after.weights_hash))
@@ -147,7 +160,23 @@ class PolicyWeights:
         """The learner's weights into every engine, streamed (`iterdpo.rounds.push`)."""
         self.engines_current = False
         self._push()
+        self.pushes += 1
         self.engines_current = True
+
+    def for_evaluation(self) -> None:
+        """Offline (`run.sampler` pi0), the engines serve pi0: the learner's weights go in for an evaluation, proven
+        by the parity check (`back_to_sampling` puts pi0 back)."""
+        if self.offline and self.policy_hash != self.pi0_hash:
+            self.push()
+            self.check_parity()
+
+    def back_to_sampling(self) -> None:
+        """Offline, the engines serve pi0 again after an evaluation (loaded from its files)."""
+        # (the engines' pi0 pass of the evaluation left them serving pi0 already, with sync.score_on_engine)
+        if self.offline and not self.cfg.sync.score_on_engine and self.policy_hash != self.pi0_hash:
+            self.engines_current = False
+            self.groups.generators.load_weights_file(self.pi0)
+            self.engines_current = True
 
     def check_parity(self, probe: list[Sequence] | None = None) -> ParityStats:
         """How far every engine's log-probs of `probe` (default: the run's probe) are from the learner's
@@ -175,6 +204,9 @@ class PolicyWeights:
         def on_engines() -> list[list[float]]:
             self.engines_current = False
             scores = self.groups.generators.score(sequences, self.pi0)
+            if self.offline:  # pi0 is what the engines serve between evaluations
+                self.engines_current = True
+                return scores
             self.push()
             self.check_parity()
             return scores
@@ -188,9 +220,14 @@ class PolicyWeights:
         check's statistics (None before the run has a probe)."""
         self._push.reset()  # a restarted actor is not in the weight channel
         if role == "learner":
-            restored = self.groups.learners.load_weights(self._source(self.accepted))
+            if not self.current.saved:
+                raise RunError(f"the learner lost round {self.current.round}'s weights, which were not saved "
+                               f"(run.checkpoint_every={self.cfg.run.checkpoint_every}): `iterdpo resume "
+                               f"{self.files.root}` redoes the rounds since the last saved ones")
+            location = self.location(self.current)
+            restored = self.groups.learners.load_weights(self._source(location))
             if restored != self.policy_hash:
-                raise RunError(f"the learner's weights after loading {self.accepted} have hash {restored}, "
+                raise RunError(f"the learner's weights after loading {location} have hash {restored}, "
                                f"expected {self.policy_hash}")
             if self._trained is not None:
                 again = self._trained.redo()
@@ -200,44 +237,70 @@ class PolicyWeights:
             if not self.engines_current:  # the learner died during a push or pi0's pass: the engines get its again
                 return self.restore("generator")
         elif role == "generator":
+            if self.offline:  # pi0, which a restarted engine already serves; an evaluation pushes its weights again
+                self.groups.generators.load_weights_file(self.pi0)
+                self.engines_current = True
+                return None
             self.push()
             return self.check_parity() if self.probe else None
         return None
 
-    def accept(self, index: int, end_hash: str, settings: RoundConfig) -> None:
-        """The round's weights become the run's: a checkpoint (and, for an EMA reference, the new average). The
-        run's state changes only once every remote call has succeeded, so an actor dying here leaves it redoable."""
-        checkpoint = self.files.checkpoint(index)
-        write_checkpoint(checkpoint, self.groups.learners.checkpoint(), self.model_files)
-        if settings.reference == "ema":
-            write_weights(self.files.ema(index), self.groups.learners.update_ema(self._ema_source(index),
-                                                                                 settings.ema_rate))
-        self.policy_hash, self.accepted = end_hash, str(checkpoint)
+    @property
+    def policy_hash(self) -> str:
+        return self.current.hash
 
-    def roll_back(self) -> dict[str, Any]:
-        """The last accepted weights back in the learner and the engines; what the round's row records of it."""
+    def location(self, standing: Standing) -> str:
+        """Where `standing`'s (saved) weights are: pi0's location, or a checkpoint of the run directory."""
+        return str(self.files.checkpoint(standing.round)) if standing.round else self.pi0
+
+    def protected(self) -> set[Path]:
+        """The run-directory weights a pruning must keep: those of the standing weights and of the anchor."""
+        return {path for standing in (self.current, self.anchor) for path in (
+            self.files.checkpoint(standing.round) if standing.round and standing.saved else None,
+            self.files.ema(standing.ema_round) if standing.ema_round is not None else None) if path is not None}
+
+    def accept(self, index: int, end_hash: str, settings: RoundConfig, evaluated: bool) -> None:
+        """The round's weights become the run's: saved as a checkpoint when `run.checkpoint_every` says so (always
+        when `evaluated`: they become the anchor), and, for an EMA reference, folded into the new average. The run's
+        state changes only once every remote call has succeeded, so an actor dying here leaves it redoable."""
+        saved = evaluated or self.cfg.run.saved(index)
+        if saved:
+            write_checkpoint(self.files.checkpoint(index), self.groups.learners.checkpoint(), self.model_files)
+        ema_round = self.current.ema_round
+        if settings.reference == "ema":
+            write_weights(self.files.ema(index), self.groups.learners.update_ema(self._ema_source(),
+                                                                                 settings.ema_rate))
+            ema_round = index
+        self.current = Standing(index, end_hash, saved, ema_round)
+        if evaluated:
+            self.anchor = self.current
+
+    def roll_back(self, index: int) -> dict[str, Any]:
+        """The last evaluated, accepted weights back in the learner and the engines (every round since, up to
+        `index`, undone); what the round's row records of it."""
         self.round_over()
+        undone = list(range(self.anchor.round + 1, index))
+        self.current = self.anchor
         self.restore("learner")
         parity = self.restore("generator")
-        return {"gate/restored_hash": self.policy_hash, "gate/restored_from": self.accepted,
-                **(parity.metrics("sync/rollback_parity") if parity else {})}
+        return {"gate/restored_hash": self.policy_hash, "gate/restored_from": self.location(self.anchor),
+                "gate/rolled_back_rounds": undone, **(parity.metrics("sync/rollback_parity") if parity else {})}
 
-    def resume(self, rows: list[dict[str, Any]], initial: list[Sequence]) -> None:
-        """The state of a run whose metrics end with `rows`: the last accepted round's weights in the learner and
-        the engines, the probe from pi0's held-out sequences (`initial`)."""
-        accepted = [row for row in rows[1:] if row.get("gate/accepted", True)]
-        if accepted:
-            self.policy_hash = accepted[-1]["policy/end_hash"]
-            self.accepted = str(self.files.checkpoint(accepted[-1]["round"]))
-            check_weight_files(Path(self.accepted), f"resume from round {accepted[-1]['round']}")
+    def resume(self, current: Standing, anchor: Standing, initial: list[Sequence]) -> None:
+        """The state of a run resumed at `current` (`iterdpo.rounds.standing.standing_after`): its weights in the
+        learner and the engines, the probe from pi0's held-out sequences (`initial`)."""
+        self.current, self.anchor = current, anchor
+        for standing in {current, anchor}:
+            if standing.round:
+                check_weight_files(Path(self.location(standing)), f"resume from round {standing.round}")
         self.probe = probe_of(initial, self.cfg.sync.probe_sequences)
         self.restore("learner")
         self.restore("generator")
 
-    def _ema_source(self, index: int) -> str | ray.ObjectRef:
-        """The EMA of the policies before round `index` (pi0 until an EMA round has been accepted)."""
-        latest = self.files.latest_ema(index - 1)
-        return self._source(str(latest)) if latest else self.pi0
+    def _ema_source(self) -> str | ray.ObjectRef:
+        """The EMA of the policies the run stands on (pi0 until an EMA round has stood)."""
+        ema_round = self.current.ema_round
+        return self.pi0 if ema_round is None else self._source(str(self.files.ema(ema_round)))
 
     def _source(self, location: str) -> str | ray.ObjectRef:
         """What the actors are given for weights at `location`: pi0's location as it is (every node resolves it in its

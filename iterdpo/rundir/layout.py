@@ -7,13 +7,14 @@ existing one is recognised and read back.
       .lock                               held while a run works here (`iterdpo.session`)
       logs/                               iterdpo.log, error.log and ray/ (a failed run's Ray logs)
       round_NNN/                          manifest.json, samples/, pairs/, eval_samples/ (`datasets` folders)
-      checkpoints/round_NNN/              the accepted rounds' policies, the newest `run.keep_checkpoints`
-      reference/ema_round_NNN.safetensors the EMA reference after an EMA round, the newest one
+      checkpoints/round_NNN/              the saved policies of accepted (or standing) rounds, the newest
+                                          `run.keep_checkpoints` and those a rollback or resume needs
+      reference/ema_round_NNN.safetensors the EMA reference after an EMA round, the newest one (and the anchor's)
       tensorboard/, wandb/, mlflow.db     the trackers (`iterdpo.rundir.trackers`)
 
 A round's weights are written before its metrics row and pruned after it, so a run killed at any point still has
-the weights of the last round in `metrics.jsonl`; weights of a round that has no row yet belong to an interrupted
-round and are discarded on resume.
+the weights of the last saved round in `metrics.jsonl` (`iterdpo.rounds.standing`); weights of a round after it
+belong to rounds a resume redoes and are discarded then.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from iterdpo.config.schema import Config
 from iterdpo.config.loading import config_from_dict
@@ -80,20 +82,23 @@ class RunDir:
     def latest_checkpoint(self, upto: int | None = None) -> Path | None:
         return _latest(self.checkpoints, upto)
 
-    def latest_ema(self, upto: int | None = None) -> Path | None:
-        return _latest(self.references, upto)
-
-    def prune(self, keep: int, upto: int) -> None:
-        """Keeps the newest `keep` checkpoints and the newest EMA file among rounds <= `upto`."""
+    def prune(self, keep: int, upto: int, protected: set[Path] = frozenset()) -> None:
+        """Keeps the newest `keep` checkpoints and the newest EMA file among rounds <= `upto`, and every path of
+        `protected` (the weights a run stands on and may roll back to)."""
         for folder, kept in ((self.checkpoints, keep), (self.references, 1)):
             for path in _rounds(folder, upto)[:-kept]:
-                _remove(path)
+                if path not in protected:
+                    _remove(path)
 
     def discard_after(self, index: int) -> None:
         """Drops the weights of rounds after `index`: an interrupted round's."""
+        self.discard(lambda round_index: round_index > index)
+
+    def discard(self, doomed: Callable[[int], bool]) -> None:
+        """Drops the weights (checkpoints, EMA files) of the rounds `doomed` picks."""
         for folder in (self.checkpoints, self.references):
             for path in folder.glob("*round_*"):
-                if _index(path) > index:
+                if doomed(_index(path)):
                     _remove(path)
 
 

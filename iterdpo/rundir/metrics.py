@@ -72,11 +72,19 @@ class MetricsLog:
         if self.path.is_file():
             self.rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
 
+    def truncate(self, last_round: int) -> None:
+        """Drops the rows after round `last_round` (rounds a resume redoes: their weights were not saved)."""
+        self.rows = [row for row in self.rows if row["round"] <= last_round]
+        self._write()
+
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append({key: _json_safe(value) for key, value in row.items()})
-        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+        self._write()
         for tracker in self.trackers:
             tracker.log(scalars(row), step=row["round"])
+
+    def _write(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
 
     def close(self) -> None:
         for tracker in self.trackers:

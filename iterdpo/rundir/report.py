@@ -26,7 +26,7 @@ from iterdpo.core.errors import ConfigError
 from iterdpo.evaluation.intervals import rate_change
 from iterdpo.rundir.pages import CSS, fmt, html_table, md_table, with_interval
 from iterdpo.rundir.plots import plot_rounds
-from iterdpo.rundir.runs import CI, Report, accepted, eval_samples, finite, load_report
+from iterdpo.rundir.runs import CI, Report, eval_samples, finite, load_report
 
 HEADLINE_PLOT = (("eval/reward_mean",), ("logps/chosen_drift", "logps/rejected_drift"),
                  ("safety/refusal_rate", "safety/toxicity_rate", "safety/over_refusal_rate"))
@@ -113,12 +113,15 @@ def alarm_summary(report: Report) -> str:
 
 
 def gate_summary(report: Report) -> str:
-    done = [row for row in report.rows if row["round"] >= 1]
-    rejected = [f"round {row['round']} rejected ({row.get('gate/reason', 'no reason given')})"
-                for row in done if not accepted(row)]
+    done = [row["round"] for row in report.rows if row["round"] >= 1]
+    verdicts = report.verdicts
+    rejected = [f"round {index} " + (f"rejected ({verdicts[index].split(': ', 1)[1]})" if ": " in verdicts[index]
+                                     else verdicts[index].lower()) for index in report.rejected]
     if not done:
         return "no round yet"
-    return "; ".join(rejected) if rejected else f"all {len(done)} rounds accepted"
+    waiting = [index for index in done if verdicts[index].startswith("stands")]
+    return "; ".join(rejected) if rejected else (f"all {len(done) - len(waiting)} rounds accepted" + (
+        f", {len(waiting)} standing until an evaluated round" if waiting else ""))
 
 
 def verdict(table: list[list[str]]) -> list[str]:
@@ -164,8 +167,9 @@ def round_table(report: Report) -> tuple[list[str], list[list[str]]]:
     columns = [k for k in TABLE if any(k in row for row in report.rows)]
     varying = _varying_settings(report.rows)
     body = []
+    verdicts = report.verdicts
     for row in report.rows:
-        gate = "yes" if accepted(row) else f"REJECTED: {row.get('gate/reason', 'no reason given')}"
+        gate = verdicts[row["round"]]
         settings = [fmt({k: v for k, v in (row.get("settings") or {}).items() if k in varying})] if varying else []
         body.append([str(row["round"]), gate, *(with_interval(row, k) for k in columns), *settings])
     return ["round", "accepted", *columns] + (["settings (changing)"] if varying else []), body
@@ -197,7 +201,7 @@ def sample_tables(report: Report, samples: dict[int, list[dict[str, Any]]]) -> l
         for record in records:
             first_of[r].setdefault(record["prompt_index"], record)
     prompts = sorted({i for by_prompt in first_of.values() for i in by_prompt})[:SAMPLE_PROMPTS]
-    decided = {row["round"]: "yes" if accepted(row) else "REJECTED" for row in report.rows}
+    decided = {index: verdict.split(":")[0] for index, verdict in report.verdicts.items()}
     tables = []
     for index in prompts:
         hits = [(r, first_of[r][index]) for r in sorted(first_of) if index in first_of[r]]

@@ -13,6 +13,7 @@ from iterdpo.core.errors import ConfigError
 from iterdpo.rundir.layout import RunDir
 
 CI = ("_ci_low", "_ci_high")  # a key's 95% interval: <key>_ci_low, <key>_ci_high
+REJECTED, ROLLED_BACK = "REJECTED", "ROLLED BACK"
 
 
 @dataclass
@@ -39,8 +40,27 @@ class Report:
         return [row["round"] for row in self.rows]
 
     @property
+    def verdicts(self) -> dict[int, str]:
+        """Each round's gate verdict: "yes", "REJECTED: <reason>", or, for a round that was not evaluated
+        (`run.eval_every`), the verdict of the evaluated round that covered it."""
+        verdicts, standing = {}, []
+        for row in self.rows:
+            verdict = row.get("gate/accepted", True)
+            if verdict is None:
+                standing.append(row["round"])
+                verdicts[row["round"]] = "stands (no evaluated round since)"
+                continue
+            for index in standing:
+                verdicts[index] = (f"yes (with round {row['round']})" if verdict else
+                                   f"{ROLLED_BACK} (round {row['round']} rejected)")
+            standing = []
+            verdicts[row["round"]] = "yes" if verdict else f"{REJECTED}: {row.get('gate/reason', 'no reason given')}"
+        return verdicts
+
+    @property
     def rejected(self) -> list[int]:
-        return [row["round"] for row in self.rows if not accepted(row)]
+        """Rounds rejected or rolled back with a rejected round."""
+        return [index for index, verdict in self.verdicts.items() if verdict.startswith((REJECTED, ROLLED_BACK))]
 
     def series(self, key: str) -> Series:
         rows = [row for row in self.rows if is_number(row.get(key)) and math.isfinite(row[key])]
@@ -57,10 +77,6 @@ class Report:
         for key in keys:
             grouped.setdefault(key.split("/", 1)[0] if "/" in key else "other", []).append(key)
         return grouped
-
-
-def accepted(row: dict[str, Any]) -> bool:
-    return row.get("gate/accepted", True) is not False
 
 
 def is_number(value: Any) -> bool:
