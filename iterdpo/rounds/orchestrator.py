@@ -156,7 +156,8 @@ class Orchestrator:
                  evaluation.metrics["safety/toxicity_rate"])
 
     def resume(self) -> None:
-        """Puts the policy of the last accepted round back everywhere, drops the files of the interrupted round."""
+        """Puts the weights the run stood on at its last saved round back everywhere (`iterdpo.rounds.standing`),
+        drops the rows and files of the rounds after it (an interrupted round's, and standing rounds never saved)."""
         done, current, anchor = standing_after(self.metrics.rows, self.weights.pi0_hash)
         if done < self.metrics.rows[-1]["round"]:
             log.info("rounds %d to %d are redone: their weights were not saved (run.checkpoint_every=%d)", done + 1,
