@@ -1,7 +1,7 @@
 """Which weights stand after a run's rows (`iterdpo.rounds.standing`), against histories worked out by hand."""
 
 from iterdpo.config.schema import RunConfig
-from iterdpo.rounds.standing import Standing, standing_after
+from iterdpo.rounds.standing import Standing, standing_after, standing_rounds
 
 
 def _row(index, verdict, saved=True, reference="refresh"):
@@ -62,3 +62,11 @@ def test_a_report_gives_each_standing_round_the_verdict_that_covered_it():
                                4: "ROLLED BACK (round 5 rejected)", 5: "REJECTED: toxicity rose",
                                6: "stands (no evaluated round since)"}
     assert report.rejected == [3, 4, 5]
+
+
+def test_a_rejection_rolls_back_only_the_rounds_standing_since_the_last_verdict():
+    # round 2 was rejected (nothing stood on it), rounds 3 and 4 stand: a rejection at round 5 undoes 3 and 4
+    rows = [{"round": 0}, _row(1, True), _row(2, False), _row(3, None), _row(4, None)]
+    assert standing_rounds(rows) == [3, 4]
+    assert standing_rounds(rows[:3]) == [] and standing_rounds(rows[:1]) == []
+    assert standing_rounds([{"round": 0}, _row(1, None)]) == [1]

@@ -35,7 +35,7 @@ from iterdpo.rounds.placement import check_folder_on_nodes
 from iterdpo.rounds.preflight import preflight
 from iterdpo.rounds.rows import Judged, RoundOutputs, alarm_messages, alarm_metrics, round_row, round_summary
 from iterdpo.rounds.runtime import actor_env, init_ray
-from iterdpo.rounds.standing import standing_after
+from iterdpo.rounds.standing import standing_after, standing_rounds
 from iterdpo.rounds.supervisor import Supervisor
 from iterdpo.rounds.weights import PolicyWeights, probe_of
 from iterdpo.rundir.layout import RunDir
@@ -232,7 +232,8 @@ class Orchestrator:
             self.weights.accept(index, row["policy/end_hash"], settings, evaluated=True)
             return {"gate/accepted": True, "policy/saved": True, **bounds}
         log.warning("round %d rejected: %s", index, reason)
-        return {"gate/accepted": False, "gate/reason": reason, **bounds, **self.weights.roll_back(index)}
+        return {"gate/accepted": False, "gate/reason": reason, **bounds, **self.weights.roll_back(),
+                "gate/rolled_back_rounds": standing_rounds(self.metrics.rows)}
 
     def shutdown(self) -> None:
         self.groups.kill()

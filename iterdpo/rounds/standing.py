@@ -44,3 +44,13 @@ def standing_after(rows: list[dict[str, Any]], pi0_hash: str) -> tuple[int, Stan
         if current.saved:
             point = (row["round"], current, anchor)
     return point
+
+
+def standing_rounds(rows: list[dict[str, Any]]) -> list[int]:
+    """The rounds that stand without a verdict at the end of `rows`: what a rejection now rolls back with it."""
+    rounds = []
+    for row in reversed(rows):
+        if row.get("gate/accepted", True) is not None:
+            break
+        rounds.append(row["round"])
+    return rounds[::-1]

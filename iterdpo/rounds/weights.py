@@ -174,9 +174,13 @@ class PolicyWeights:
         """Offline, the engines serve pi0 again after an evaluation (loaded from its files)."""
         # (the engines' pi0 pass of the evaluation left them serving pi0 already, with sync.score_on_engine)
         if self.offline and not self.cfg.sync.score_on_engine and self.policy_hash != self.pi0_hash:
-            self.engines_current = False
-            self.groups.generators.load_weights_file(self.pi0)
-            self.engines_current = True
+            self._serve_pi0()
+
+    def _serve_pi0(self) -> None:
+        """Offline: pi0 from its files into the engines, what they sample from."""
+        self.engines_current = False
+        self.groups.generators.load_weights_file(self.pi0)
+        self.engines_current = True
 
     def check_parity(self, probe: list[Sequence] | None = None) -> ParityStats:
         """How far every engine's log-probs of `probe` (default: the run's probe) are from the learner's
@@ -238,8 +242,7 @@ class PolicyWeights:
                 return self.restore("generator")
         elif role == "generator":
             if self.offline:  # pi0, which a restarted engine already serves; an evaluation pushes its weights again
-                self.groups.generators.load_weights_file(self.pi0)
-                self.engines_current = True
+                self._serve_pi0()
                 return None
             self.push()
             return self.check_parity() if self.probe else None
@@ -275,16 +278,15 @@ class PolicyWeights:
         if evaluated:
             self.anchor = self.current
 
-    def roll_back(self, index: int) -> dict[str, Any]:
-        """The last evaluated, accepted weights back in the learner and the engines (every round since, up to
-        `index`, undone); what the round's row records of it."""
+    def roll_back(self) -> dict[str, Any]:
+        """The last evaluated, accepted weights back in the learner and the engines (the rounds standing on top of
+        them undone); what the round's row records of it."""
         self.round_over()
-        undone = list(range(self.anchor.round + 1, index))
         self.current = self.anchor
         self.restore("learner")
         parity = self.restore("generator")
         return {"gate/restored_hash": self.policy_hash, "gate/restored_from": self.location(self.anchor),
-                "gate/rolled_back_rounds": undone, **(parity.metrics("sync/rollback_parity") if parity else {})}
+                **(parity.metrics("sync/rollback_parity") if parity else {})}
 
     def resume(self, current: Standing, anchor: Standing, initial: list[Sequence]) -> None:
         """The state of a run resumed at `current` (`iterdpo.rounds.standing.standing_after`): its weights in the
