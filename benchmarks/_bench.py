@@ -138,8 +138,24 @@ def quiet_logs() -> None:
 
 
 def header(title: str, settings: dict[str, Any]) -> None:
+    """The benchmark's name and settings, and the machine it ran on: the CPU model and the load average, as
+    timings (and even ratios) differ between CPU models and under load."""
     print(f"== {title}")
     print("   " + ", ".join(f"{key}={value}" for key, value in settings.items()))
+    print(f"   machine: {cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
+
+
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "CPU model unknown"
+
+
+def load_line() -> str:
+    """The load average at the end, beside the one `header` printed at the start."""
+    return f"   load average {os.getloadavg()[0]:.2f} at the end"
 
 
 def read_status_gib(field: str) -> float:

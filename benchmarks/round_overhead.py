@@ -152,7 +152,7 @@ def per_step(rows: list[dict], phase_keys: list[str]) -> None:
     others = [key for key in phase_keys if key not in ("time/generate", "time/train", "time/evaluate")]
     overhead = [row["time/round"] - row["time/generate"] - row["time/train"] for row in rows]
     print_table(["rounds without evaluation", "median s"],
-                [[key, statistics.median(row[key] for row in rows)] for key in ["time/round", "time/generate",
+                [[key, statistics.median(row.get(key, 0.0) for row in rows)] for key in ["time/round", "time/generate",
                                                                                "time/train", *others]]
                 + [["outside the phases", statistics.median(row["time/round"] - row["phases"] for row in rows)],
                    ["all but generate and train", statistics.median(overhead)]])

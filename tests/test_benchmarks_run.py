@@ -27,6 +27,7 @@ RUNS = {
     "round_floor": ["--quick"],
     "learner_memory": ["--quick"],
     "weight_stream": ["--quick"],
+    "async_generation": ["--quick", "--sides", "sync", "async, 1 thread each"],
 }
 RATIO_LINES = {
     "generation": ["generation: actor/bare tokens/s", "generation: actor/hf tokens/s", "generation: bare/hf tokens/s"],
@@ -43,6 +44,8 @@ RATIO_LINES = {
     "weight_stream": ["weight_stream: most extra memory of a process/largest bucket, object_store, 1 MiB",
                       "weight_stream: most extra memory of a process/largest bucket, collective, 1 MiB",
                       "weight_stream: most extra memory of a process/model size, object_store, whole model"],
+    "async_generation": ["async_generation: step async, 1 thread each / sync",
+                         "async_generation: estimated step on separate devices / sync"],
 }
 TARGETS = {
     "generation: actor/bare tokens/s": ">= 0.95",
@@ -79,6 +82,8 @@ def runs(request, tmp_path_factory) -> dict[str, Future]:
 def test_script_prints_its_ratios(runs, name):
     done = runs[name].result()
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    # every figure is read beside the machine it was taken on
+    assert re.search(r"^   machine: \S.*, \d+ CPUs, load average \d+\.\d\d at the start$", done.stdout, re.MULTILINE), name
     for label in RATIO_LINES[name]:
         pattern = rf"^{re.escape(label)}[^=\n]* = \d+\.\d+ \((target|no target)"
         assert re.search(pattern, done.stdout, re.MULTILINE), f"{name}: no ratio line '{label}':\n{done.stdout}"

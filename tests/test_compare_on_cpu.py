@@ -82,3 +82,26 @@ def test_each_run_against_the_first_response_by_response(two_runs, tmp_path, cap
         if label == "shifted":  # the offsets differ by prompt: the difference's interval over prompts has width
             value, low, high = parsed["difference"]
             assert low < high and value > 0.05
+
+
+def test_runs_evaluated_at_different_rounds_pair_their_last_evaluations(two_runs, tmp_path):
+    """A run of one evaluated round against one evaluated only at its second (`run.eval_every`, as 3 rounds of 48
+    prompts against 18 of 8): no round after pi0's evaluated in both, so each run's last evaluation is paired."""
+    short, late = tmp_path / "short", tmp_path / "late"
+    shutil.copytree(two_runs / "dpo", short)
+    shutil.copytree(two_runs / "ipo", late)
+    lines = (short / "metrics.jsonl").read_text().splitlines()
+    (short / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")  # rounds 0 and 1
+    rows = [json.loads(line) for line in (late / "metrics.jsonl").read_text().splitlines()]
+    rows[1] = {key: value for key, value in rows[1].items() if not key.startswith(("eval/", "safety/"))}
+    (late / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    shutil.rmtree(late / "round_001" / "eval_samples")
+    out = tmp_path / "out"
+    assert main(["compare", str(short), str(late), "--out", str(out)]) == 0
+    line = next(line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| late | "))
+    first = datasets.load_from_disk(str(short / "round_001" / "eval_samples"))["score"]
+    second = datasets.load_from_disk(str(late / "round_002" / "eval_samples"))["score"]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[1] == "1 vs 2"
+    assert float(cells[2].split()[0]) == pytest.approx(sum(b - a for a, b in zip(first, second)) / len(first),
+                                                       rel=1e-3, abs=1e-4)

@@ -1,46 +1,16 @@
 """Actors killed in the middle of a phase are restarted, get their state back and redo the phase: the run ends with
 the metrics and weights of an uninterrupted run. Past the restart limit the run stops with one clear line."""
 
-import os
-import threading
-
 import pytest
 
 from iterdpo.config.loading import load_config
 from iterdpo.core.errors import RunError
 from iterdpo.rounds.orchestrator import Orchestrator
+from kills import without_faults, kill_during
 
 pytestmark = pytest.mark.slow
 
 OVERRIDES = ["run.rounds=2"]
-# Volatile by nature: wall times, throughput, and the record of the faults themselves.
-SKIP = ("time/", "throughput/", "faults/")
-
-
-def _kill_during(orchestrator: Orchestrator, owner: object, method: str, group: str, round_index: int,
-                 after_s: float) -> None:
-    """Kills the first actor of `group` ("generators", "judges", "learners") once, `after_s` into the `method` call
-    of `owner` (the orchestrator or its weights) in round `round_index` (0: at the method's start, before its first
-    remote call runs)."""
-    original = getattr(owner, method)
-    fired = []
-
-    def exit_process(_actor) -> None:  # runs inside the actor (a nested function travels by value)
-        if after_s <= 0:
-            os._exit(1)
-        threading.Timer(after_s, os._exit, [1]).start()
-
-    def wrapped(*args, **kwargs):
-        if not fired and len(orchestrator.metrics.rows) == round_index:
-            fired.append(True)
-            getattr(orchestrator.groups, group).first.__ray_call__.remote(exit_process)
-        return original(*args, **kwargs)
-
-    setattr(owner, method, wrapped)
-
-
-def _comparable(row: dict) -> dict:
-    return {key: value for key, value in row.items() if not key.startswith(SKIP)}
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +27,18 @@ def test_actors_killed_mid_phase_are_restarted_and_the_run_matches(uninterrupted
     try:
         # The tiny model's phases take well under 0.1 s: a kill timed into one lands in the next, so each actor
         # dies as its phase starts, before the phase's remote call runs, and the phase is redone.
-        _kill_during(orchestrator, orchestrator, "generate", "generators", round_index=1, after_s=0)
-        _kill_during(orchestrator, orchestrator, "judge", "judges", round_index=1, after_s=0)
-        _kill_during(orchestrator, orchestrator.weights, "train", "learners", round_index=1, after_s=0)
-        _kill_during(orchestrator, orchestrator.weights, "sync", "generators", round_index=2, after_s=0)
+        kill_during(orchestrator, orchestrator, "generate", "generators", round_index=1, after_s=0)
+        kill_during(orchestrator, orchestrator, "judge", "judges", round_index=1, after_s=0)
+        kill_during(orchestrator, orchestrator.weights, "train", "learners", round_index=1, after_s=0)
+        kill_during(orchestrator, orchestrator.weights, "sync", "generators", round_index=2, after_s=0)
         # the learner dies as the evaluation starts, after training (its part there: the parity check once the
         # engines are back from scoring under pi0): the round's training is redone and must give the same weights
-        _kill_during(orchestrator, orchestrator, "evaluate", "learners", round_index=2, after_s=0)
+        kill_during(orchestrator, orchestrator, "evaluate", "learners", round_index=2, after_s=0)
         rows = orchestrator.run()
     finally:
         orchestrator.shutdown()
 
-    assert [_comparable(row) for row in rows] == [_comparable(row) for row in uninterrupted]
+    assert [without_faults(row) for row in rows] == [without_faults(row) for row in uninterrupted]
     assert rows[-1]["policy/end_hash"] == uninterrupted[-1]["policy/end_hash"]  # the final weights, bit for bit
     restarted = [sorted(row["faults/restarted"]) for row in rows[1:]]
     assert restarted[0] == ["generator@generate", "judge@judge", "learner@train"]
@@ -81,7 +51,7 @@ def test_past_the_restart_limit_the_run_stops_with_one_line(ray_session, tmp_pat
     cfg = load_config("configs/smoke.yaml", ["run.rounds=1", "faults.max_actor_restarts=0"])
     orchestrator = Orchestrator(cfg, tmp_path / "run")
     try:
-        _kill_during(orchestrator, orchestrator.weights, "train", "learners", round_index=1, after_s=0)
+        kill_during(orchestrator, orchestrator.weights, "train", "learners", round_index=1, after_s=0)
         with pytest.raises(RunError) as caught:
             orchestrator.run()
     finally:

@@ -170,40 +170,57 @@ def test_a_disk_that_fills_ends_the_run_with_one_line_and_resume_goes_on(uninter
 
 
 # Online at any cadence: a round is one optimizer step (8 prompts, the global batch), evaluated every 2 rounds and
-# saved every 3 (evaluated rounds always): 1 stands unsaved, 2 is evaluated, 3 stands saved, 4 is the last.
+# saved every 3 (evaluated rounds always): 1 stands unsaved, 2 is evaluated, 3 stands saved, 4 is the last. One step
+# ahead at the same cadence: round 2 (evaluated, saved) generates round 3's samples with round 1's weights, which are
+# not saved; a resume reads those samples back from round 2's folder.
 CADENCE_ARGS = ["configs/smoke.yaml", "run.rounds=4", "run.eval_every=2", "run.checkpoint_every=3",
                 "data.prompts_per_round=8", "learner.micro_batch_size=8", "generator.max_new_tokens=48"]
+SCHEDULES = {"cadence": CADENCE_ARGS, "one step ahead": CADENCE_ARGS + ["run.async_generation=true"]}
 CADENCE_KILL_POINTS = {
-    # round 1 stood unsaved: the resume redoes it from pi0 (its row, already written, is dropped first)
-    "round 2 after train": _after(2, "train"),
+    # round 1 stood unsaved: the resume redoes it from pi0 (its row, already written, is dropped first), and one
+    # step ahead with it the samples it generated ahead for round 2
+    ("cadence", "round 2 after train"): _after(2, "train"),
     # round 3 stood saved: the resume starts from its weights
-    "round 4 after sync_weights": _after(4, "sync_weights"),
+    ("cadence", "round 4 after sync_weights"): _after(4, "sync_weights"),
+    ("one step ahead", "round 2 after train"): _after(2, "train"),
+    ("one step ahead", "round 3 after wait_ahead"): _after(3, "wait_ahead"),
 }
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_cadence(tmp_path_factory):
-    return _finished_run(tmp_path_factory.mktemp("cadence") / "run", CADENCE_ARGS)
+def uninterrupted_schedule(tmp_path_factory):
+    """Each schedule's uninterrupted run, run once when a test first asks for it."""
+    done: dict[str, list[dict]] = {}
+
+    def of(schedule: str) -> list[dict]:
+        if schedule not in done:
+            done[schedule] = _finished_run(tmp_path_factory.mktemp("cadence") / "run", SCHEDULES[schedule])
+        return done[schedule]
+
+    return of
 
 
-def test_an_uninterrupted_run_at_a_cadence(uninterrupted_cadence):
-    done = uninterrupted_cadence[1:]
+def test_an_uninterrupted_run_at_a_cadence(uninterrupted_schedule):
+    done = uninterrupted_schedule("cadence")[1:]
     assert [row["round/evaluated"] for row in done] == [False, True, False, True]
     assert [row["gate/accepted"] for row in done] == [None, True, None, True]
     assert [row["policy/saved"] for row in done] == [False, True, True, True]
     assert all(row["train/steps"] == 1 for row in done)  # one optimizer step a round
     assert ["eval/reward_mean" in row and "safety/refusal_rate" in row for row in done] == [False, True, False, True]
+    assert [row["samples/staleness"] for row in uninterrupted_schedule("one step ahead")[1:]] == [0, 1, 1, 1]
 
 
-@pytest.mark.parametrize("point", list(CADENCE_KILL_POINTS))
-def test_resume_after_sigkill_at_a_cadence_matches_an_uninterrupted_run(uninterrupted_cadence, tmp_path, point):
+@pytest.mark.parametrize("schedule, point", list(CADENCE_KILL_POINTS))
+def test_resume_after_sigkill_at_a_cadence_matches_an_uninterrupted_run(uninterrupted_schedule, tmp_path, schedule,
+                                                                        point):
+    uninterrupted = uninterrupted_schedule(schedule)
     run_dir = tmp_path / "run"
-    process = cli("run", *CADENCE_ARGS, "--run-dir", str(run_dir))
-    _wait_for(process, CADENCE_KILL_POINTS[point], run_dir)
+    process = cli("run", *SCHEDULES[schedule], "--run-dir", str(run_dir))
+    _wait_for(process, CADENCE_KILL_POINTS[schedule, point], run_dir)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     resumed = cli("resume", str(run_dir))
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
     finished = rows(run_dir)
-    assert [comparable(row) for row in finished] == [comparable(row) for row in uninterrupted_cadence]
-    assert finished[-1]["policy/end_hash"] == uninterrupted_cadence[-1]["policy/end_hash"]
+    assert [comparable(row) for row in finished] == [comparable(row) for row in uninterrupted]
+    assert finished[-1]["policy/end_hash"] == uninterrupted[-1]["policy/end_hash"]

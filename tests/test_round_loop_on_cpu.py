@@ -29,7 +29,7 @@ def test_two_rounds_write_every_metric(smoke_run):
     _, rows, run_dir = smoke_run
     assert [row["round"] for row in rows] == [0, 1, 2]
     for row in rows[1:]:
-        for key in REQUIRED + [f"time/{phase}" for phase in PHASES]:
+        for key in REQUIRED + [f"time/{phase}" for phase in PHASES if phase != "wait_ahead"]:  # async only
             assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), key
         assert row["pairs/count"] > 0
         assert row["reference/source"] == f"policy@round_{row['round']:03d}_start"

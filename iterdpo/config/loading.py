@@ -65,6 +65,9 @@ def _check_across_sections(cfg: Config) -> None:
             raise ConfigError(f"sync.{name}: with {' and '.join(half)} expected at least {least:g} (the {what} of two "
                               f"correct half-precision computations reaches {measured:g}), got "
                               f"{getattr(cfg.sync, name):g}")
+    if cfg.run.async_generation and cfg.run.sampler == "pi0":
+        raise ConfigError("run.async_generation: every round samples from pi0 with run.sampler pi0, there is no next "
+                          "policy to generate ahead with; expected false with it, got true")
     if cfg.run.num_cpus:
         check_resources(cfg, {"CPU": cfg.run.num_cpus, "GPU": math.inf}, "run.num_cpus={have}", custom=False)
     for index in range(len(cfg.schedule) + 1):

@@ -291,6 +291,10 @@ class RunConfig(Checked):
     # with the engines never given the trained weights to sample from (offline DPO on pi0's responses, the same judge
     # and pairs budget). An evaluation still loads the policy into the engines, and pi0 back after it.
     sampler: Literal["policy", "pi0"] = "policy"
+    # Generate round t+1's samples with the weights round t started from while the learner trains round t: one step
+    # off-policy, generation and training overlapping (README: Online at any cadence). The samples' policy version
+    # and staleness are logged; a `refresh` reference is then the policy that drew them.
+    async_generation: bool = False
     # Log an alarm when the chosen log-prob has fallen this many rounds in a row.
     alarm_rounds: PositiveInt = 2
     # CPUs Ray may use when it starts a local node; 0 lets Ray count them. Ignored on an existing cluster.

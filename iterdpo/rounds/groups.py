@@ -80,10 +80,18 @@ class GeneratorGroup:
         """Samples for `prompts`, in prompt order, each shard on its own generator, sampled with its shard seed
         (`iterdpo.core.seeds.shard_seed`). vLLM on CPU cannot seed single requests, so a prompt's samples depend on its
         shard's seed and neighbours: a run repeats exactly for a given number of generators, not across numbers."""
+        return self.gathered(self.start_generate(prompts, sampling))
+
+    def start_generate(self, prompts: list[Prompt], sampling: Sampling) -> list[tuple[int, ray.ObjectRef]]:
+        """`generate`'s remote calls, started: each shard's first prompt and its pending samples."""
         bounds = shard_bounds(len(prompts), len(self.actors))
-        calls = [(lo, actor.generate.remote(prompts[lo:hi], dataclasses.replace(sampling,
-                                                                                seed=shard_seed(sampling.seed, k))))
-                 for k, (actor, lo, hi) in enumerate(zip(self.actors, bounds, bounds[1:])) if hi > lo]
+        return [(lo, actor.generate.remote(prompts[lo:hi], dataclasses.replace(sampling,
+                                                                               seed=shard_seed(sampling.seed, k))))
+                for k, (actor, lo, hi) in enumerate(zip(self.actors, bounds, bounds[1:])) if hi > lo]
+
+    @staticmethod
+    def gathered(calls: list[tuple[int, ray.ObjectRef]]) -> list[Sample]:
+        """The samples of `start_generate`'s calls, in prompt order."""
         shards = ray.get([ref for _, ref in calls])
         return [dataclasses.replace(sample, prompt_index=sample.prompt_index + lo)
                 for (lo, _), samples in zip(calls, shards) for sample in samples]

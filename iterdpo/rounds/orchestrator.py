@@ -24,10 +24,11 @@ from iterdpo.config.schedule import Schedule
 from iterdpo.config.schema import Config, RoundConfig
 from iterdpo.config.loading import check_resources
 from iterdpo.core.atomic import atomic_write_text
-from iterdpo.core.records import Sample
+from iterdpo.core.records import Prompt, Sample
 from iterdpo.core.seeds import eval_seed, round_seed
 from iterdpo.evaluation.gate import baseline_row, decide, rejected_from
 from iterdpo.evaluation.heldout import Evaluation, held_out_kl, reward_metrics, safety_metrics
+from iterdpo.rounds.ahead import Drawn, SamplesAhead
 from iterdpo.rounds.groups import ActorGroups
 from iterdpo.rounds.pairs import PairSet, build_pairs
 from iterdpo.rounds.phases import Phases
@@ -45,7 +46,8 @@ from iterdpo.training.losses import LOSSES
 
 log = logging.getLogger("iterdpo")
 
-PHASES = ("generate", "judge", "build_pairs", "reference", "train", "sync_weights", "rescore", "evaluate", "gate")
+PHASES = ("generate", "judge", "build_pairs", "reference", "train", "wait_ahead", "sync_weights", "rescore", "evaluate",
+          "gate")
 
 
 class Orchestrator:
@@ -73,6 +75,7 @@ class Orchestrator:
             self.groups.kill()
             raise
         self.eval_baseline: Evaluation | None = None  # round 0's: what every round is compared with
+        self.ahead = SamplesAhead()  # the next round's samples, with run.async_generation
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.files.config, json.dumps(cfg.to_dict(), indent=2))
         self.metrics = MetricsLog(run_dir, open_trackers(cfg.run.trackers, run_dir, cfg.run.project, cfg.to_dict()))
@@ -111,15 +114,18 @@ class Orchestrator:
                                  prompts_skipped=dataclasses.asdict(self.skipped))
         self.supervisor.new_round()
         start_hash, start, pushes = self.weights.policy_hash, time.perf_counter(), self.weights.pushes
-        sampled_by = self.weights.pi0_hash if self.weights.offline else start_hash
+        start_round = self.weights.current.round
         with Phases(self.supervisor, manifest, index, len(PHASES)) as phase:
-            samples = phase("generate", lambda: self.generate(index, settings, seed))
+            drawn = phase("generate", lambda: self.generate(index, settings, seed))
+            samples = drawn.samples
             judged = phase("judge", lambda: self.judge(samples))
             pair_set = phase("build_pairs", lambda: self.build_pairs(samples, judged, settings, seed))
             pairs_ref = ray.put(pair_set.pairs)
-            reference = phase("reference", lambda: self.weights.reference(pairs_ref, pair_set, samples, settings,
+            reference = phase("reference", lambda: self.weights.reference(pairs_ref, pair_set, drawn, settings,
                                                                           index))
             trained = phase("train", lambda: self.weights.train(pairs_ref, reference.scores, settings, index, seed))
+            if self.ahead.generating:  # the engines finish the next round's samples before they take new weights
+                phase("wait_ahead", self.wait_ahead)
             # offline (run.sampler pi0) the engines keep serving pi0 to sample from: no push
             parity = None if self.weights.offline else phase("sync_weights", lambda: self.weights.sync(samples))
             trained = phase("rescore", lambda: self.weights.rescore(trained, pair_set))
@@ -129,7 +135,11 @@ class Orchestrator:
             row = round_row(index, settings, outputs, start_hash, self.eval_baseline, dict(phase.timer.times))
             row.update(phase("gate", lambda: self.gate(index, row, settings, evaluated, trained.diverged,
                                                        trained.refused_steps)))
-        row.update({"samples/policy_hash": sampled_by, "faults/actor_restarts": len(self.supervisor.restarted),
+        if row["gate/accepted"] is False:
+            self.ahead.keep_if_drawn_by(self.weights.policy_hash)
+        self.ahead.save(self.files.next_samples(index))
+        row.update({"samples/policy_hash": drawn.policy_hash, "samples/policy_round": drawn.policy_round,
+                    "samples/staleness": drawn.staleness(start_round), "faults/actor_restarts": len(self.supervisor.restarted),
                     "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
                     "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
         for message in alarm_messages(row, self.cfg.run.alarm_rounds):
@@ -167,13 +177,34 @@ class Orchestrator:
         weights = {spec.label: spec.weight for spec in self.cfg.judge.scorers}
         self.eval_baseline = read_evaluation(self.files.eval_samples(0), weights)
         self.weights.resume(current, anchor, self.eval_baseline.sequences)
+        self.ahead.load(self.files.next_samples(done), done + 1)
         log.info("resuming after round %d from %s", done, self.weights.location(current))
 
     # -- phases --------------------------------------------------------------------------------------------------
 
-    def generate(self, index: int, settings: RoundConfig, seed: int) -> list[Sample]:
-        prompts = self.prompts.for_round(index - 1, self.cfg.data.prompts_per_round)
-        return self.groups.generators.generate(prompts, self.cfg.generator.sampling(settings.samples_per_prompt, seed))
+    def generate(self, index: int, settings: RoundConfig, seed: int) -> Drawn:
+        """The round's samples: generated ahead during the round before (`run.async_generation`), or now by the
+        weights the engines serve. With `run.async_generation` the next round's start generating on the engines."""
+        n = settings.samples_per_prompt
+        served = (0, self.weights.pi0_hash) if self.weights.offline else (self.weights.current.round,
+                                                                          self.weights.policy_hash)
+        drawn = self.ahead.take(index, n) or Drawn(self.groups.generators.generate(
+            self.prompts_of(index), self.cfg.generator.sampling(n, seed)), *served, n)
+        if self.cfg.run.async_generation and index < self.cfg.run.rounds:
+            n = self.schedule.settings(self.cfg, index + 1, self.metrics.rows).samples_per_prompt
+            sampling = self.cfg.generator.sampling(n, round_seed(self.cfg.run.seed, index + 1))
+            self.ahead.start(index + 1, n, self.groups.generators.start_generate(self.prompts_of(index + 1), sampling),
+                             *served)
+            self.supervisor.busy.add("generator")
+        return drawn
+
+    def prompts_of(self, index: int) -> list[Prompt]:
+        return self.prompts.for_round(index - 1, self.cfg.data.prompts_per_round)
+
+    def wait_ahead(self) -> None:
+        """The next round's samples, once the engines are done generating them."""
+        self.supervisor.busy.discard("generator")
+        self.ahead.wait(self.groups.generators.gathered)
 
     def judge(self, samples: list[Sample]) -> Judged:
         """The judges see each prompt as the data set gave it: its conversation, where it was one."""

@@ -42,6 +42,10 @@ class Supervisor:
         self._learner_rebuilds = 0
         self._nodes = alive_nodes()  # the cluster as the run found it: node id -> address
         self._nodes_of: dict[str, str] = {}  # each actor's node, by actor id
+        # roles whose actors run work started outside any phase (the engines generating ahead): not asked between
+        # phases whether they restarted, as they would answer only once that work is done; the phase that waits for
+        # it notices a death
+        self.busy: set[str] = set()
 
     def new_round(self) -> None:
         self.restarted = []
@@ -61,8 +65,10 @@ class Supervisor:
                     failed.discard(role)
                 return work()
             except ray.exceptions.RayTaskError as err:
-                # An actor raised (its process lives on): nothing to restart, the run cannot go on. Ray's error
-                # names the actor's method in its first line ("ray::Judge.score() (pid=...)").
+                # An actor raised (its process lives on): nothing to restart, the run cannot go on. A collective
+                # call raises so when its peer's node is gone: that is said as the node's loss. Ray's error names
+                # the actor's method in its first line ("ray::Judge.score() (pid=...)").
+                self._stop_if_a_node_left(err, phase)
                 named = re.search(r"ray::(\w+)\.", str(err))
                 actor = named.group(1).lower() if named else "an"
                 raise ActorFailure(actor, phase, err.cause, str(err)) from None
@@ -73,11 +79,12 @@ class Supervisor:
                             str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
                 failed.add(role)
 
-    def _stop_if_a_node_left(self, err: ray.exceptions.RayActorError, phase: str) -> None:
+    def _stop_if_a_node_left(self, err: ray.exceptions.RayError, phase: str) -> None:
         """An actor that died with its node is not restarted in place: its bundle waits for the node (or one like
         it) to come back. The run stops with one line naming the node; the finished rounds are kept."""
         # the dead actor's node first; any node of the run's actors that does not answer
-        nodes = sorted(set(self._nodes_of.values()), key=lambda node: node != self._nodes_of.get(err.actor_id))
+        failed = self._nodes_of.get(getattr(err, "actor_id", None) or "")
+        nodes = sorted(set(self._nodes_of.values()), key=lambda node: node != failed)
         node = next((node for node in nodes if not node_answers(node, NODE_PROBE_S)), None)
         if node is None:
             return
@@ -98,7 +105,7 @@ class Supervisor:
 
     def _respawned(self) -> set[str]:
         """Roles with an actor whose process changed since it was last seen: Ray restarted it between phases."""
-        actors = self.groups.named()
+        actors = {name: actor for name, actor in self.groups.named().items() if _role(name) not in self.busy}
         places = ray.get([actor.__ray_call__.remote(_place) for actor in actors.values()])
         pids = {name: pid for name, (pid, _) in zip(actors, places)}
         self._nodes_of.update((actor._actor_id.hex(), node) for actor, (_, node) in zip(actors.values(), places))

@@ -32,6 +32,7 @@ from iterdpo.core.records import PairLogps, Sample, TrainResult
 from iterdpo.data.models import resolve_model
 from iterdpo.data.weight_files import check_weight_files
 from iterdpo.evaluation.parity import ParityStats, parity_stats
+from iterdpo.rounds.ahead import Drawn
 from iterdpo.rounds.groups import ActorGroups
 from iterdpo.rounds.pairs import PairSet, sampled_logps
 from iterdpo.core.weight_stream import nccl_possible
@@ -79,17 +80,19 @@ class PolicyWeights:
 
     # -- a round's training ------------------------------------------------------------------------------------
 
-    def reference(self, pairs_ref: ray.ObjectRef, pair_set: PairSet, samples: list[Sample], settings: RoundConfig,
+    def reference(self, pairs_ref: ray.ObjectRef, pair_set: PairSet, drawn: Drawn, settings: RoundConfig,
                   index: int) -> Reference:
         """The pairs scored by the round's reference (refresh: the current weights; fixed: pi0; ema: the average
         of past policies), by the round-start policy that sampled them, and by pi0 for cumulative drift when that is
         another model. With sync.score_on_engine the engines give all but a fixed or EMA reference's scores."""
-        learners = self.groups.learners
+        learners, samples = self.groups.learners, drawn.samples
         weights_file, source = {
             "refresh": (None, f"policy@{round_name(index)}_start"),
             "fixed": (self.pi0, "pi0"),
             "ema": (self._ema_source(), f"ema(rate={settings.ema_rate:g})"),
         }[settings.reference]
+        if self.cfg.run.async_generation:
+            return self._reference_of_sampler(pairs_ref, pair_set, drawn, weights_file, source)
         same_as_pi0 = (isinstance(weights_file, str) and weights_file == self.pi0) or (
             weights_file is None and self.policy_hash == self.pi0_hash)
         # offline, the engines sampled the pairs under pi0: they give pi0's scores, the learner the rest
@@ -115,6 +118,28 @@ class PolicyWeights:
         pi0 = scored.get("pi0", reference if same_as_pi0 else None)
         return Reference(scores=reference, start=scored.get("start", reference),
                          pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
+
+    def _reference_of_sampler(self, pairs_ref: ray.ObjectRef, pair_set: PairSet, drawn: Drawn,
+                              weights_file: str | ray.ObjectRef | None, source: str) -> Reference:
+        """`reference` one step ahead (`run.async_generation`): the policy that drew the samples, one version behind
+        the round-start weights, is the round's sampler, its log-probs recorded by the engines while sampling, and
+        its `refresh` reference. The engines are generating the next round meanwhile: the learner scores the rest."""
+        learners = self.groups.learners
+        sampler = sampled_logps(pair_set.pairs, drawn.samples, drawn.policy_hash)
+        drawn_by_pi0 = drawn.policy_hash == self.pi0_hash
+        pending = {}
+        if weights_file is not None:
+            pending["reference"] = learners.reference_logprobs(pairs_ref, weights_file)
+        if self.cfg.run.track_pi0 and not drawn_by_pi0 and not (isinstance(weights_file, str)
+                                                                  and weights_file == self.pi0):
+            pending["pi0"] = learners.reference_logprobs(pairs_ref, self.pi0)
+        scored = dict(zip(pending, learners.results(list(pending.values()))))
+        reference = scored.get("reference", sampler)
+        pi0 = scored.get("pi0", sampler if drawn_by_pi0 else reference)
+        if weights_file is None:
+            source = "pi0" if drawn.policy_round == 0 else f"policy@{round_name(drawn.policy_round)}_end"
+            source += f" (the sampler, {self.current.round - drawn.policy_round} behind)"
+        return Reference(scores=reference, start=sampler, pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
 
     def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int,
               seed: int) -> TrainResult:

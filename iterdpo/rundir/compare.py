@@ -2,8 +2,9 @@
 
 - the settings that differ between the runs (every other setting is the same and left out);
 - per round, each run's headline figures with their 95% intervals;
-- each run against the first, response by response on the held-out prompts, at the last round both reached: the
-  reward's mean difference and the win rate, with 95% bootstrap intervals over prompts;
+- each run against the first, response by response on the held-out prompts, at the last round both evaluated (or
+  at each one's last evaluation, for runs evaluated at different rounds): the reward's mean difference and the win
+  rate, with 95% bootstrap intervals over prompts;
 - plots with one line per run: the held-out reward, the chosen and rejected drift, the safety rates, and the
   reward-KL frontier: held-out reward against KL to pi0 per sequence, one point per round, with interval bars on
   both axes. `plots.json` lists the points drawn.
@@ -63,31 +64,42 @@ def headline_table(runs: dict[str, Report]) -> tuple[list[str], list[list[str]]]
 def paired_table(runs: dict[str, Report], run_dirs: list[Path]) -> tuple[list[str], list[list[str]]]:
     """Each run against the first on the same held-out responses' positions (same prompts, in the same order; with
     the same seed, the same sampling seeds too): `eval/reward_mean` difference and win rate at the last round both
-    reached, each with its 95% interval over prompts, from the runs' saved `round_*/eval_samples`."""
+    evaluated (or, where they share none after pi0's, at each run's last evaluation), each with its 95% interval over
+    prompts, from the runs' saved `round_*/eval_samples`."""
     (base_label, base), *others = runs.items()
     dirs = dict(zip(runs, map(Path, run_dirs)))
     base_samples: dict[int, list[dict[str, Any]] | None] = {}  # the first run's, read once per round
     body = []
     for label, report in others:
-        last = max(set(base.rounds) & set(report.rounds), default=None)
-        if last is not None and last not in base_samples:
-            base_samples[last] = eval_samples(dirs[base_label], [last]).get(last)
-        first = None if last is None else base_samples[last]
-        second = None if last is None else eval_samples(dirs[label], [last]).get(last)
+        last = max(_evaluated(base) & _evaluated(report), default=None)
+        # runs evaluated at different rounds (`run.eval_every`, e.g. 3 rounds of 48 prompts against 18 of 8): each
+        # run's last evaluation, where each ended
+        base_round, other_round = (last, last) if last is not None else (max(_evaluated(base), default=None),
+                                                                         max(_evaluated(report), default=None))
+        rounds = str(base_round) if base_round == other_round else f"{base_round} vs {other_round}"
+        if base_round is not None and base_round not in base_samples:
+            base_samples[base_round] = eval_samples(dirs[base_label], [base_round]).get(base_round)
+        first = None if base_round is None else base_samples[base_round]
+        second = None if other_round is None else eval_samples(dirs[label], [other_round]).get(other_round)
         if not first or not second:
             body.append([label, "–", "no held-out responses saved for a round both reached", "–", "–"])
             continue
         if [row["prompt"] for row in first] != [row["prompt"] for row in second]:
-            body.append([label, str(last), "the runs' held-out prompts differ: no pairing", "–", "–"])
+            body.append([label, rounds, "the runs' held-out prompts differ: no pairing", "–", "–"])
             continue
         now, before = [row["score"] for row in second], [row["score"] for row in first]
         prompts = [row["prompt_index"] for row in second]
         change = {**paired_change("difference", now, before, prompts),
                   **paired_change("wins", now, before, prompts, win)}
-        body.append([label, str(last), with_interval(change, "difference"), with_interval(change, "wins"),
+        body.append([label, rounds, with_interval(change, "difference"), with_interval(change, "wins"),
                      str(len(now))])
     headers = ["run", "round", f"eval/reward_mean minus {base_label}'s", f"win rate against {base_label}", "responses"]
     return headers, body
+
+
+def _evaluated(report: Report) -> set[int]:
+    """The rounds after pi0's that were evaluated (every one, or every `run.eval_every`)."""
+    return {row["round"] for row in report.rows if row["round"] > 0 and "eval/reward_mean" in row}
 
 
 def plot_compare(runs: dict[str, Report], out_dir: Path) -> dict[str, Any]:

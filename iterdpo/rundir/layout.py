@@ -6,7 +6,8 @@ existing one is recognised and read back.
       metrics.jsonl                       one row per round; round 0 is the initial policy's evaluation
       .lock                               held while a run works here (`iterdpo.session`)
       logs/                               iterdpo.log, error.log and ray/ (a failed run's Ray logs)
-      round_NNN/                          manifest.json, samples/, pairs/, eval_samples/ (`datasets` folders)
+      round_NNN/                          manifest.json, samples/, pairs/, eval_samples/ (`datasets` folders),
+                                          next_samples.json (`run.async_generation`: the next round's samples)
       checkpoints/round_NNN/              the saved policies of accepted (or standing) rounds, the newest
                                           `run.keep_checkpoints` and those a rollback or resume needs
       reference/ema_round_NNN.safetensors the EMA reference after an EMA round, the newest one (and the anchor's)
@@ -70,6 +71,10 @@ class RunDir:
 
     def eval_samples(self, index: int) -> Path:
         return self.round(index) / "eval_samples"
+
+    def next_samples(self, index: int) -> Path:
+        """The next round's samples, generated ahead during this one (`iterdpo.rounds.ahead`)."""
+        return self.round(index) / "next_samples.json"
 
     # -- weights ---------------------------------------------------------------------------------------------------
 
