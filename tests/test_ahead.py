@@ -21,8 +21,9 @@ def _started(ahead: SamplesAhead, index: int = 3, n: int = 2, policy_hash: str =
 def test_the_next_round_takes_them_once_with_their_policy_version():
     ahead = _started(SamplesAhead())
     drawn = ahead.take(3, 2)
-    assert drawn.samples == SAMPLES and drawn.policy_round == 1 and drawn.policy_hash == "h1"
-    assert drawn.staleness(start_round=2) == 1 and drawn.staleness(start_round=1) == 0
+    assert drawn.samples == SAMPLES and drawn.policy_round == 1 and drawn.policy_hash == "h1" and drawn.ahead
+    assert drawn.staleness(start_hash="h2") == 1  # the round before trained h1 into h2
+    assert drawn.staleness(start_hash="h1") == 0  # it diverged, or a rollback went back to h1
     assert ahead.take(3, 2) is None  # taken
 
 
@@ -58,12 +59,22 @@ def test_saved_and_loaded_they_are_the_same_samples(tmp_path):
     _started(SamplesAhead()).save(path)
     resumed = SamplesAhead()
     resumed.load(path, 3)
-    assert resumed.take(3, 2) == Drawn(SAMPLES, 1, "h1", 2)
+    assert resumed.take(3, 2) == Drawn(SAMPLES, 1, "h1", 2, ahead=True)
     nothing = SamplesAhead()
     nothing.load(tmp_path / "absent.json", 3)  # the round before generated nothing ahead (a rollback dropped them)
     assert nothing.take(3, 2) is None
 
 
-def test_async_generation_with_an_offline_sampler_is_refused():
+def test_a_round_done_again_without_samples_ahead_leaves_no_file_of_its_first_try(tmp_path):
+    path = tmp_path / "next_samples.json"
+    _started(SamplesAhead()).save(path)  # the first try at the round, killed before its row
+    dropped = _started(SamplesAhead(), policy_hash="rolled-back")
+    dropped.keep_if_drawn_by("anchor")
+    dropped.save(path)  # the round done again: its samples ahead were dropped
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("other", ["run.sampler=pi0", "sync.score_on_engine=false", "round.loss=auxdpo"])
+def test_async_generation_with_what_needs_the_round_start_weights_or_has_none_ahead_is_refused(other):
     with pytest.raises(ConfigError, match=r"^run.async_generation: .*expected false with it, got true$"):
-        load_config("configs/smoke.yaml", ["run.async_generation=true", "run.sampler=pi0"])
+        load_config("configs/smoke.yaml", ["run.async_generation=true", other, "round.epochs=2"])

@@ -65,6 +65,11 @@ def _check_across_sections(cfg: Config) -> None:
             raise ConfigError(f"sync.{name}: with {' and '.join(half)} expected at least {least:g} (the {what} of two "
                               f"correct half-precision computations reaches {measured:g}), got "
                               f"{getattr(cfg.sync, name):g}")
+    if cfg.run.async_generation and not cfg.sync.score_on_engine:
+        raise ConfigError("run.async_generation: one step ahead, the policy that drew the samples is a version behind "
+                          "the learner's, so only the engines' log-probs recorded while sampling can give its scores, "
+                          "and sync.score_on_engine false asks for the learner's everywhere; expected false with it, "
+                          "got true")
     if cfg.run.async_generation and cfg.run.sampler == "pi0":
         raise ConfigError("run.async_generation: every round samples from pi0 with run.sampler pi0, there is no next "
                           "policy to generate ahead with; expected false with it, got true")

@@ -35,11 +35,13 @@ class Drawn:
     policy_round: int  # the standing round whose weights sampled (0: pi0)
     policy_hash: str
     samples_per_prompt: int
+    ahead: bool = False  # generated during the round before, while it trained
 
-    def staleness(self, start_round: int) -> int:
-        """The rounds between the sampling weights and the round's start weights (`start_round`: the standing round
-        the round trains from)."""
-        return start_round - self.policy_round
+    def staleness(self, start_hash: str) -> int:
+        """The optimizer rounds between the sampling weights and the round's start weights (`start_hash`): 1 for
+        samples generated ahead by the round before (0 where it diverged, or a rollback went back to the weights that
+        drew them), 0 for samples drawn now."""
+        return int(self.policy_hash != start_hash)
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(dataclasses.asdict(self)))
@@ -89,7 +91,7 @@ class SamplesAhead:
         samples = gathered(pending.calls)
         self._pending = None
         self._ready = (pending.index, Drawn(samples, pending.policy_round, pending.policy_hash,
-                                            pending.samples_per_prompt))
+                                            pending.samples_per_prompt, ahead=True))
 
     def take(self, index: int, samples_per_prompt: int) -> Drawn | None:
         """Round `index`'s samples generated ahead, if they are ready and drawn with the round's samples per prompt
@@ -110,9 +112,12 @@ class SamplesAhead:
             self._ready = None
 
     def save(self, path: Path) -> None:
-        """The ready samples into the generating round's folder (before its row: a resume reads them)."""
+        """The ready samples into the generating round's folder (before its row: a resume reads them); none there
+        when there are none (a file of an earlier try at the round is removed)."""
         if self._ready is not None:
             self._ready[1].write(path)
+        else:
+            path.unlink(missing_ok=True)
 
     def load(self, path: Path, index: int) -> None:
         """A resumed run's samples for round `index`, generated ahead by the round before it (if it did)."""

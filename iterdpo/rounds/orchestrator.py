@@ -114,7 +114,6 @@ class Orchestrator:
                                  prompts_skipped=dataclasses.asdict(self.skipped))
         self.supervisor.new_round()
         start_hash, start, pushes = self.weights.policy_hash, time.perf_counter(), self.weights.pushes
-        start_round = self.weights.current.round
         with Phases(self.supervisor, manifest, index, len(PHASES)) as phase:
             drawn = phase("generate", lambda: self.generate(index, settings, seed))
             samples = drawn.samples
@@ -131,7 +130,7 @@ class Orchestrator:
             trained = phase("rescore", lambda: self.weights.rescore(trained, pair_set))
             evaluation = phase("evaluate", lambda: self.evaluate(index)) if evaluated else None
             save_round(self.files, index, samples, judged.result, pair_set.pairs)
-            outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation)
+            outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation, drawn.ahead)
             row = round_row(index, settings, outputs, start_hash, self.eval_baseline, dict(phase.timer.times))
             row.update(phase("gate", lambda: self.gate(index, row, settings, evaluated, trained.diverged,
                                                        trained.refused_steps)))
@@ -139,7 +138,7 @@ class Orchestrator:
             self.ahead.keep_if_drawn_by(self.weights.policy_hash)
         self.ahead.save(self.files.next_samples(index))
         row.update({"samples/policy_hash": drawn.policy_hash, "samples/policy_round": drawn.policy_round,
-                    "samples/staleness": drawn.staleness(start_round), "faults/actor_restarts": len(self.supervisor.restarted),
+                    "samples/staleness": drawn.staleness(start_hash), "faults/actor_restarts": len(self.supervisor.restarted),
                     "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
                     "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
         for message in alarm_messages(row, self.cfg.run.alarm_rounds):

@@ -41,13 +41,14 @@ class RoundOutputs:
     trained: TrainResult
     parity: ParityStats | None  # None offline (run.sampler pi0): no push, nothing to check
     evaluation: Evaluation | None  # None in a round that is not evaluated (`run.eval_every`)
+    generated_ahead: bool = False  # the samples were generated during the round before (`run.async_generation`)
 
 
 def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: str, initial: Evaluation,
               times: dict[str, float]) -> dict[str, Any]:
     """The round's metrics row before the gate's verdict: rewards, pairs, drift, KL, evaluation and phase times."""
     judged, pairs, reference, trained = out.judged.result, out.pair_set, out.reference, out.trained
-    after = trained.after or reference.start  # a diverged round ends where it started
+    after = trained.after or reference.start  # a diverged round ends where it started (for the drift metrics)
     return {
         "round": index,
         **reward_metrics(judged, out.samples, "reward/", "samples"),
@@ -62,7 +63,7 @@ def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: 
         "reference/source": reference.source,
         "reference/weights_hash": reference.scores.weights_hash,
         "policy/start_hash": start_hash,
-        "policy/end_hash": after.weights_hash,
+        "policy/end_hash": trained.after.weights_hash if trained.after else start_hash,
         "settings": dataclasses.asdict(settings),
         **trained.metrics,
         **drift_metrics(reference.scores, reference.start, after, reference.pi0, settings.beta,
@@ -70,7 +71,9 @@ def round_row(index: int, settings: RoundConfig, out: RoundOutputs, start_hash: 
         "round/evaluated": out.evaluation is not None,
         **(out.evaluation.metrics if out.evaluation else {}),
         **(versus_pi0(out.evaluation, initial) if out.evaluation else {}),
-        "throughput/generate_tokens_per_s": sum(len(s.response_ids) for s in out.samples) / times["time/generate"],
+        # (samples generated ahead took their time while the round before trained: no rate of this round's)
+        **({} if out.generated_ahead else {"throughput/generate_tokens_per_s": sum(
+            len(s.response_ids) for s in out.samples) / times["time/generate"]}),
         **times,
     }
 

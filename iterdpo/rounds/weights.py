@@ -138,7 +138,7 @@ class PolicyWeights:
         pi0 = scored.get("pi0", sampler if drawn_by_pi0 else reference)
         if weights_file is None:
             source = "pi0" if drawn.policy_round == 0 else f"policy@{round_name(drawn.policy_round)}_end"
-            source += f" (the sampler, {self.current.round - drawn.policy_round} behind)"
+            source += f" (the sampler, {drawn.staleness(self.policy_hash)} behind)"
         return Reference(scores=reference, start=sampler, pi0=pi0 if self.cfg.run.track_pi0 else None, source=source)
 
     def train(self, pairs_ref: ray.ObjectRef, reference: PairLogps, settings: RoundConfig, index: int,

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from iterdpo.core.atomic import atomic_folder, atomic_write_text
+from iterdpo.core.atomic import append_whole, atomic_folder, atomic_write_text
 from iterdpo.core.records import Pair, Sample
 from iterdpo.evaluation.heldout import Evaluation
 from iterdpo.rundir.layout import RunDir
@@ -62,15 +62,22 @@ def _json_safe(value: Any) -> Any:
 
 
 class MetricsLog:
-    """`metrics.jsonl` (one JSON object per round, the whole file rewritten atomically on each append), and each
-    row's numbers to the run's trackers (`iterdpo.rundir.trackers`) with the round as the step."""
+    """`metrics.jsonl` (one JSON object per round, each appended whole: a row that could not be written in full is
+    cut off again, and a torn last line left by a crash is dropped when the file is next opened), and each row's
+    numbers to the run's trackers (`iterdpo.rundir.trackers`) with the round as the step. Appending keeps a run of
+    thousands of online steps from rewriting every earlier row at each one."""
 
     def __init__(self, run_dir: Path, trackers: list[Tracker] = ()) -> None:
         self.path = RunDir(run_dir).metrics
         self.trackers = list(trackers)
         self.rows: list[dict[str, Any]] = []
         if self.path.is_file():
-            self.rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line]
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            self.rows = [json.loads(line) for line in lines[:-1] if line]
+            try:
+                self.rows += [json.loads(lines[-1])] if lines and lines[-1] else []
+            except ValueError:  # the machine went down while the last row was written: it never was
+                self._write()
 
     def truncate(self, last_round: int) -> None:
         """Drops the rows after round `last_round` (rounds a resume redoes: their weights were not saved)."""
@@ -78,8 +85,9 @@ class MetricsLog:
         self._write()
 
     def append(self, row: dict[str, Any]) -> None:
-        self.rows.append({key: _json_safe(value) for key, value in row.items()})
-        self._write()
+        safe = {key: _json_safe(value) for key, value in row.items()}
+        append_whole(self.path, (json.dumps(safe, sort_keys=True) + "\n").encode("utf-8"))
+        self.rows.append(safe)
         for tracker in self.trackers:
             tracker.log(scalars(row), step=row["round"])
 
