@@ -222,24 +222,31 @@ class Orchestrator:
 
     def evaluate(self, round_index: int) -> Evaluation:
         """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; their
-        KL to pi0 (the engines, or the learner, score them under pi0); the safety suite."""
+        KL to pi0 (the engines, or the learner, score them under pi0); the safety suite. Each step's seconds go into
+        the row (`time/evaluate/*`): where the phase's time goes beside its generation."""
         sampling = self.cfg.generator.sampling(self.cfg.generator.eval_samples_per_prompt,
                                                eval_seed(self.cfg.run.seed))
-        self.weights.for_evaluation()
-        samples = self.groups.generators.generate(list(self.prompts.eval), sampling)
-        safety = safety_metrics(self.groups.generators.first, self.groups.judges.first, self.safety_prompts,
-                                self.cfg.safety, self.cfg.run.seed)
+        timer = PhaseTimer()
+        with timer.phase("evaluate/generate"):
+            self.weights.for_evaluation()
+            samples = self.groups.generators.generate(list(self.prompts.eval), sampling)
+        with timer.phase("evaluate/safety"):
+            safety = safety_metrics(self.groups.generators.first, self.groups.judges.first, self.safety_prompts,
+                                    self.cfg.safety, self.cfg.run.seed)
         sequences = [(s.prompt_ids, s.response_ids) for s in samples]
-        # Scored under pi0 once the engines are done generating (an engine and the learner computing at once slow
-        # each other down on a CPU): by the learner while the judges work, or by the engines after them.
-        under_pi0 = self.weights.under_pi0(sequences) if round_index > 0 else None
-        judged = self.judge(samples)
-        save_scored(samples, judged.result, self.files.eval_samples(round_index))
+        with timer.phase("evaluate/judge"):
+            # Scored under pi0 once the engines are done generating (an engine and the learner computing at once
+            # slow each other down on a CPU): by the learner while the judges work, or by the engines after them.
+            under_pi0 = self.weights.under_pi0(sequences) if round_index > 0 else None
+            judged = self.judge(samples)
+            save_scored(samples, judged.result, self.files.eval_samples(round_index))
         # the parity check's sequences until a round syncs
         self.weights.probe = self.weights.probe or probe_of(sequences, self.cfg.sync.probe_sequences)
-        kl = held_out_kl(samples, under_pi0()) if under_pi0 is not None else {}
-        self.weights.back_to_sampling()
-        metrics = {**reward_metrics(judged.result, samples, "eval/reward_", "eval", intervals=True), **safety, **kl}
+        with timer.phase("evaluate/pi0_scores"):
+            kl = held_out_kl(samples, under_pi0()) if under_pi0 is not None else {}
+            self.weights.back_to_sampling()
+        metrics = {**reward_metrics(judged.result, samples, "eval/reward_", "eval", intervals=True), **safety, **kl,
+                   **timer.times}
         result = judged.result
         return Evaluation(metrics, result.combined, result.components, result.weights,
                           [s.prompt_index for s in samples], sequences)
