@@ -105,7 +105,7 @@ def test_engine_log_probs_are_the_learners(smoke_run):
     orchestrator, rows, _ = smoke_run
     tolerance = orchestrator.cfg.sync.parity_tolerance
     settings = orchestrator.schedule.settings(orchestrator.cfg, 3, rows)
-    samples = orchestrator.generate(3, settings, seed=123)
+    samples = orchestrator.generate(3, settings, seed=123).samples
     pair_set = orchestrator.build_pairs(samples, orchestrator.judge(samples), settings, seed=123)
     pairs, pairs_ref = pair_set.pairs, ray.put(pair_set.pairs)
     assert pairs
