@@ -34,9 +34,9 @@ def apply_round_overrides(cfg: Config, settings: RoundConfig, overrides: Mapping
         raise ConfigError(f"learner.replicas: {updated.loss} trains per-pair deltas on one learner; expected 1 with it "
                           f"({label}), got {cfg.learner.replicas}")
     if declared.round_start_reference and cfg.run.async_generation:
-        raise ConfigError(f"run.async_generation: {updated.loss} takes its null-space matrix at the round-start weights "
-                          f"and needs them as its reference, while one step ahead the reference is the policy that "
-                          f"drew the samples, a version behind ({label}); expected false with it, got true")
+        raise ConfigError(f"run.async_generation: {updated.loss} takes its null-space matrix at the round-start "
+                          f"weights and needs them as its reference, while one step ahead the reference is the policy "
+                          f"that drew the samples, a version behind ({label}); expected false with it, got true")
     if declared.round_start_reference and updated.reference != "refresh":
         raise ConfigError(f"{label}.reference: {updated.loss} takes its null-space matrix at the round-start weights, "
                           f"so its DPO margin needs them as the reference too; expected refresh, got "

@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from iterdpo.core.atomic import atomic_write_text
 from iterdpo.core.records import Sample
@@ -76,7 +76,7 @@ class SamplesAhead:
     def start(self, index: int, samples_per_prompt: int, calls: Any, policy_round: int, policy_hash: str) -> None:
         self._pending, self._ready = _Pending(index, samples_per_prompt, calls, policy_round, policy_hash), None
 
-    def wait(self, gathered: Any) -> None:
+    def wait(self, gathered: Callable[[Any], list[Sample]]) -> None:
         """Waits for the engines (`gathered(calls)` -> samples). An engine that died while generating lost the
         weights that drew them: the supervisor restarts it and calls this again, which then drops them."""
         pending = self._pending

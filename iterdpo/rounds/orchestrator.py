@@ -139,7 +139,8 @@ class Orchestrator:
         self.ahead.save(self.files.next_samples(index))
         row.update({"samples/policy_hash": drawn.policy_hash, "samples/policy_round": drawn.policy_round,
                     "samples/staleness": drawn.staleness(start_hash),
-                    "faults/actor_restarts": len(self.supervisor.restarted), "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
+                    "faults/actor_restarts": len(self.supervisor.restarted),
+                    "faults/restarted": list(self.supervisor.restarted), "time/gate": phase.timer.times["time/gate"],
                     "time/round": time.perf_counter() - start, **alarm_metrics(self.metrics.rows, row)})
         for message in alarm_messages(row, self.cfg.run.alarm_rounds):
             log.warning(message)
