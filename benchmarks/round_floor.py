@@ -23,8 +23,8 @@ the safety suite's prompts (greedy, as `safety_metrics` asks); the evaluate phas
 <= 1.3), and the whole round against floor + evaluation floor. The breakdown puts
 every phase beside its floor part and names the work outside the floor: judging, pairing, the learner's scoring
 passes under other weights (pi0 for cumulative drift, on the engines by default; a fixed or EMA reference), the
-re-scoring after training (drift metrics: the `rescore` phase on the engines, or `time/train_rescore` inside the
-learner's `train`), the weight push and parity check, the gate's checkpoint write.
+re-scoring after training (drift metrics: on the engines in the same call as the parity check of `sync_weights`,
+or `time/train_rescore` inside the learner's `train`), the weight push, the gate's checkpoint write.
 """
 
 from __future__ import annotations
@@ -255,14 +255,15 @@ def _breakdown(index: int, row: dict, floor: dict, tokens: int, steps: int, eval
          f"{row['reference/source']}: the engine's log-probs stand for the learner's pass; pi0's pass"],
         [index, "train", row["time/train"], floor["train"],
          f"{steps} steps; after them {rescore:.2f} s: the learner's re-scoring (drift metrics) or only hashing"],
-        [index, "sync_weights", row["time/sync_weights"], 0.0, "all (export, object store, load, parity check)"],
-        [index, "rescore", row.get("time/rescore", 0.0), 0.0, "all (the pairs under the trained weights, on the "
-                                                            "engines: drift metrics)"],
+        [index, "sync_weights", row["time/sync_weights"], 0.0, "all (export, object store, load; the engines score "
+                                                               "the pairs with the probe: drift metrics, parity check)"],
         [index, "gate", row["time/gate"], 0.0, "all (checkpoint write)"],
         [index, "round without evaluate", row["time/round"] - row["time/evaluate"], sum(floor.values()),
          f"ratio {(row['time/round'] - row['time/evaluate']) / sum(floor.values()):.3f}"],
         [index, "evaluate", row["time/evaluate"], evaluation,
-         "judging, the held-out samples under pi0 (KL), the engines' way back from pi0 and its parity check"],
+         "judging, the held-out samples under pi0 on the learner (KL): " +
+         ", ".join(f"{key[len('time/evaluate/'):]} {value:.2f}" for key, value in row.items()
+                   if key.startswith("time/evaluate/"))],
     ]
 
 

@@ -14,7 +14,7 @@ Sides, each timed with the others in turn (medians over --repeats):
 - push (actor, ray.put): `generator.load_weights.remote(ray.put(state))` on the orchestrator's generator actor:
   the object store hop and the actor's deserialisation on top.
 - ray.put alone: `ray.put(state)`, the object store's share of the previous line.
-- sync (orchestrator): `PolicyWeights.sync(samples)`, the round's `sync_weights` phase itself on a real
+- sync (orchestrator): `PolicyWeights.sync`, the round's `sync_weights` phase itself on a real
   `Orchestrator` (Ray actors, DeepSpeed learner): the learner's export into the object store, every engine's
   load, then the parity check. Target: <= 5x the clone, parity check included.
 - parity check: the orchestrator's `check_parity` alone — engine and learner log-probs of `sync.probe_sequences`
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.core.weight_stream import TIED_HEAD
     from iterdpo.config.loading import config_from_dict
     from iterdpo.data.models import resolve_model
+    from iterdpo.core.records import PairLogps, TrainResult
     from iterdpo.rounds.orchestrator import Orchestrator
+    from iterdpo.rounds.pairs import PairSet
     from iterdpo.rounds.weights import probe_of
 
     model_dir = str(resolve_model(args.model))
@@ -100,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
                            "probe_sequences": len(probe), "threads": threads, "load": os.getloadavg()})
 
     parity_diffs: list[float] = []
+    # a round without pairs to score again: the push and the parity check on a probe of the samples
+    trained, no_pairs = TrainResult({}, PairLogps([], [], orchestrator.weights.policy_hash)), PairSet([], 0, 0, 0)
 
     sides = {
         "clone": lambda: {name: tensor.clone() for name, tensor in state.items()},
         "push (in-process)": lambda: local.load_weights(state),
         "ray.put alone": lambda: ray.put(state),
         "push (actor, ray.put)": lambda: ray.get(generator.load_weights.remote(ray.put(state))),
-        "sync (orchestrator)": lambda: parity_diffs.append(orchestrator.weights.sync(samples).max),
+        "sync (orchestrator)": lambda: parity_diffs.append(orchestrator.weights.sync(samples, trained,
+                                                                                    no_pairs)[0].max),
         "parity check": lambda: parity_diffs.append(orchestrator.weights.check_parity(probe).max),
     }
     try:

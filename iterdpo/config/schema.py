@@ -205,10 +205,10 @@ class SyncConfig(Checked):
     parity_tolerance: PositiveFloat = 2e-3
     parity_mean_tolerance: PositiveFloat = 2e-3
     probe_sequences: PositiveInt = 4
-    # The log-probs the drift and KL metrics compare are the engines': the round-start policy's from sampling (also
-    # the refresh reference), the trained policy's and pi0's from scoring the pairs and held-out samples (pi0
-    # loaded into the engines meanwhile). The parity check holds the engines to the learner; an engine scores
-    # ~2x faster than the learner's forward pass. False: the learner scores them all, as it computes the loss.
+    # The log-probs the drift metrics compare are the engines': the round-start policy's from sampling (also the
+    # refresh reference), the trained policy's and pi0's from scoring the pairs (pi0 loaded into the engines
+    # meanwhile). The parity check holds the engines to the learner. False: the learner scores them all, as it
+    # computes the loss. The held-out samples are scored under pi0 by the learner either way (offline: the engines).
     score_on_engine: bool = True
     # How a push moves the learner's weights into the engines, in buckets of at most bucket_mb (a larger tensor
     # alone): made one parameter at a time on learner rank 0, loaded by each engine as they come, so a push adds about

@@ -10,6 +10,20 @@ def shard_bounds(count: int, shards: int) -> list[int]:
     return [count * k // shards for k in range(shards + 1)]
 
 
+def rank_share(batch: list[int], rank: int, world_size: int) -> tuple[list[int], float]:
+    """A rank's contiguous share of a global batch of pair indices, and its weight: the share's size over the
+    batch's mean share. DeepSpeed averages gradients over ranks, so each rank's mean loss times its weight makes
+    the update that of the whole batch's mean loss. A rank whose share is empty runs the batch's first pair with
+    weight 0: every rank must take part in the gradient reduction."""
+    if world_size == 1:
+        return batch, 1.0
+    bounds = shard_bounds(len(batch), world_size)
+    lo, hi = bounds[rank], bounds[rank + 1]
+    if lo == hi:
+        return batch[:1], 0.0
+    return batch[lo:hi], (hi - lo) * world_size / len(batch)
+
+
 def conversation_key(conversation: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
     """What tells one prompt from another: its whole conversation (two prompts may end with the same user turn)."""
     return tuple((message["role"], message["content"]) for message in conversation)

@@ -5,8 +5,9 @@ sample by sample (`iterdpo.rounds.rows`). Every mean and rate carries a 95% inte
 
 KL to pi0 per sequence, on the held-out samples (drawn from the policy being evaluated, at generator.temperature:
 an unbiased estimate when that is 1): the engine's own log-probs of the sampled tokens are the policy's, and the
-engines (or the learner: `sync.score_on_engine`) score the same tokens under pi0. With d_t = log pi0(y_t) - log pi(y_t): k1 = sum_t -d_t, k3 = sum_t
-(e^{d_t} - 1 - d_t) >= 0 (see `iterdpo.evaluation.drift`).
+learner (offline, the engines, which serve pi0) scores the same tokens under pi0; the parity check holds the two to
+each other. With d_t = log pi0(y_t) - log pi(y_t): k1 = sum_t -d_t, k3 = sum_t (e^{d_t} - 1 - d_t) >= 0 (see
+`iterdpo.evaluation.drift`).
 
 Safety, on prompts never used for training, all from installed packages (see `iterdpo.data.safety_prompts`):
 - refusal rate on harmful requests (AdvBench, HarmBench or DoNotAnswer), greedy, as chat turns;

@@ -37,6 +37,7 @@ from iterdpo.core.errors import RunError
 from iterdpo.core.sharding import conversation_key, prompt_shard_bounds, shard_bounds
 from iterdpo.core.weight_stream import Channel
 from iterdpo.rounds.placement import ROLES, Placement
+from iterdpo.training.sequences import Sequence
 
 log = logging.getLogger("iterdpo")
 
@@ -131,6 +132,19 @@ class GeneratorGroup:
         shards = ray.get([actor.logprobs.remote(sequences[lo:hi])
                           for actor, lo, hi in zip(self.actors, bounds, bounds[1:]) if hi > lo])
         return [row for shard in shards for row in shard]
+
+    def score_with_probe(self, sequences: list[Sequence], probe: list[Sequence]
+                         ) -> tuple[list[list[float]], list[list[list[float]]]]:
+        """`score`'s log-probs of `sequences`, and every engine's of `probe` (the parity check's), in one call per
+        engine: each scores its shard and the probe's sequences its shard lacks, no sequence twice."""
+        bounds = shard_bounds(len(sequences), len(self.actors))
+        shards = [sequences[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+        extras = [[seq for seq in probe if seq not in shard] for shard in shards]
+        outputs = ray.get([actor.logprobs.remote(shard + extra)
+                           for actor, shard, extra in zip(self.actors, shards, extras)])
+        served = [[scored[(shard + extra).index(seq)] for seq in probe]
+                  for shard, extra, scored in zip(shards, extras, outputs)]
+        return [row for shard, scored in zip(shards, outputs) for row in scored[: len(shard)]], served
 
     def score_pairs(self, pairs: list[Pair], weights_hash: str, weights_file: str | None = None) -> PairLogps:
         """The pairs scored by the engines (`score`), as `PairLogps` of the weights with `weights_hash`."""

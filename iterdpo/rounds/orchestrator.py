@@ -1,6 +1,6 @@
-"""The round loop: generate -> judge -> build pairs -> reference log-probs -> train -> sync weights -> rescore ->
-evaluate -> gate. Every `run.eval_every` rounds (and the last): a round between evaluates nothing and stands until
-the next verdict (`iterdpo.rounds.standing`).
+"""The round loop: generate -> judge -> build pairs -> reference log-probs -> train -> sync weights (and the pairs
+rescored) -> evaluate -> gate. Every `run.eval_every` rounds (and the last): a round between evaluates nothing and
+stands until the next verdict (`iterdpo.rounds.standing`).
 
 The driver only moves object refs between actors; each phase is one remote call (or one per actor) and one
 `ray.get` at its end, so phase times are the actors' compute plus a constant transfer cost. Every phase runs under
@@ -46,8 +46,7 @@ from iterdpo.training.losses import LOSSES
 
 log = logging.getLogger("iterdpo")
 
-PHASES = ("generate", "judge", "build_pairs", "reference", "train", "wait_ahead", "sync_weights", "rescore", "evaluate",
-          "gate")
+PHASES = ("generate", "judge", "build_pairs", "reference", "train", "wait_ahead", "sync_weights", "evaluate", "gate")
 
 
 class Orchestrator:
@@ -126,8 +125,9 @@ class Orchestrator:
             if self.ahead.generating:  # the engines finish the next round's samples before they take new weights
                 phase("wait_ahead", self.wait_ahead)
             # offline (run.sampler pi0) the engines keep serving pi0 to sample from: no push
-            parity = None if self.weights.offline else phase("sync_weights", lambda: self.weights.sync(samples))
-            trained = phase("rescore", lambda: self.weights.rescore(trained, pair_set))
+            parity = None
+            if not self.weights.offline:  # the trained weights' scores of the pairs come with the parity check
+                parity, trained = phase("sync_weights", lambda: self.weights.sync(samples, trained, pair_set))
             evaluation = phase("evaluate", lambda: self.evaluate(index)) if evaluated else None
             save_round(self.files, index, samples, judged.result, pair_set.pairs)
             outputs = RoundOutputs(samples, judged, pair_set, reference, trained, parity, evaluation, drawn.ahead)
@@ -223,29 +223,30 @@ class Orchestrator:
 
     def evaluate(self, round_index: int) -> Evaluation:
         """Held-out prompts, the same seed every round, so rounds are compared on identical sampling noise; their
-        KL to pi0 (the engines, or the learner, score them under pi0); the safety suite. Each step's seconds go into
-        the row (`time/evaluate/*`): where the phase's time goes beside its generation."""
+        KL to pi0 (the learner scores them under pi0; offline, the engines); the safety suite. Each step's seconds go
+        into the row (`time/evaluate/*`): where the phase's time goes beside its generation."""
         sampling = self.cfg.generator.sampling(self.cfg.generator.eval_samples_per_prompt,
                                                eval_seed(self.cfg.run.seed))
         timer = PhaseTimer()
         with timer.phase("evaluate/generate"):
             self.weights.for_evaluation()
             samples = self.groups.generators.generate(list(self.prompts.eval), sampling)
+        sequences = [(s.prompt_ids, s.response_ids) for s in samples]
+        # Scored under pi0 while the engines run the safety suite where the learner has a device of its own, else
+        # once the engines are done (an engine and the learner computing at once slow each other down on a CPU).
+        under_pi0 = self.weights.under_pi0(sequences) if round_index > 0 and self.weights.learner_apart else None
         with timer.phase("evaluate/safety"):
             safety = safety_metrics(self.groups.generators.first, self.groups.judges.first, self.safety_prompts,
                                     self.cfg.safety, self.cfg.run.seed)
-        sequences = [(s.prompt_ids, s.response_ids) for s in samples]
         with timer.phase("evaluate/judge"):
-            # Scored under pi0 once the engines are done generating (an engine and the learner computing at once
-            # slow each other down on a CPU): by the learner while the judges work, or by the engines after them.
-            under_pi0 = self.weights.under_pi0(sequences) if round_index > 0 else None
+            if round_index > 0 and under_pi0 is None:
+                under_pi0 = self.weights.under_pi0(sequences)  # the learner computes while the judges work
             judged = self.judge(samples)
             save_scored(samples, judged.result, self.files.eval_samples(round_index))
         # the parity check's sequences until a round syncs
         self.weights.probe = self.weights.probe or probe_of(sequences, self.cfg.sync.probe_sequences)
         with timer.phase("evaluate/pi0_scores"):
             kl = held_out_kl(samples, under_pi0()) if under_pi0 is not None else {}
-            self.weights.back_to_sampling()
         metrics = {**reward_metrics(judged.result, samples, "eval/reward_", "eval", intervals=True), **safety, **kl,
                    **timer.times}
         result = judged.result

@@ -6,8 +6,9 @@ engines and the run directory. The orchestrator keeps the round's phases; what t
   again should the learner die before the round is over;
 - **push** the learner's weights into every engine and prove it with the **parity check**: every engine's per-token
   log-probs of the probe sequences held to the learner's (`iterdpo.evaluation.parity`);
-- **score under pi0**: pi0 loaded into the engines for a pass, then the pushed weights back, proven again (or the
-  learner scores, with `sync.score_on_engine` false); and the round's **reference** scores;
+- **score under pi0**: the pairs (by the engines, pi0 loaded for the pass, or the learner with
+  `sync.score_on_engine` false) and the held-out samples (by the learner; offline by the engines, which serve pi0
+  again after it); and the round's **reference** scores;
 - **restore** an actor that holds only what its constructor built (a restart), a rejected round's weights, or
   nothing of a resumed run: the learner gets the standing weights (checked by hash; the round trained again when
   it had trained, which must give the same hash), the engines the learner's (checked by the parity check);
@@ -28,7 +29,7 @@ import ray
 
 from iterdpo.config.schema import Config, RoundConfig
 from iterdpo.core.errors import ParityError, RunError
-from iterdpo.core.records import PairLogps, Sample, TrainResult
+from iterdpo.core.records import PairLogps, Sample, TrainResult, pair_sequences
 from iterdpo.data.models import resolve_model
 from iterdpo.data.weight_files import check_weight_files
 from iterdpo.evaluation.parity import ParityStats, parity_stats
@@ -160,26 +161,28 @@ class PolicyWeights:
             self._trained = _Trained(redo=run, weights_hash=trained.after.weights_hash)
         return trained
 
-    def rescore(self, trained: TrainResult, pair_set: PairSet) -> TrainResult:
-        """The pairs under the trained weights, for the drift metrics: scored by the engines, which serve those
-        weights now (the learner scored them itself unless sync.score_on_engine)."""
-        if trained.diverged or not self.cfg.sync.score_on_engine or self.offline:
-            return trained
-        return dataclasses.replace(trained, after=self.groups.generators.score_pairs(pair_set.pairs,
-                                                                                     trained.after.weights_hash))
-
     def round_over(self) -> None:
         """The round's training is kept or rolled back: a learner restart from here on must not train it again."""
         self._trained = None
 
     # -- the engines -------------------------------------------------------------------------------------------
 
-    def sync(self, samples: list[Sample]) -> ParityStats:
-        """Pushes the learner's weights into the engines, then proves each engine serves them (on a probe of the
-        round's samples)."""
+    def sync(self, samples: list[Sample], trained: TrainResult, pair_set: PairSet) -> tuple[ParityStats, TrainResult]:
+        """Pushes the learner's weights into the engines, then proves each engine serves them on a probe of the
+        round's pairs (of its samples, without pairs). The engines score the pairs in the same call: the trained
+        weights' scores for the drift metrics (the learner scored them itself unless sync.score_on_engine)."""
         self.push()
-        self.probe = probe_of([(s.prompt_ids, s.response_ids) for s in samples], self.cfg.sync.probe_sequences)
-        return self.check_parity()
+        rescore = not trained.diverged and self.cfg.sync.score_on_engine
+        sequences = pair_sequences(pair_set.pairs) if rescore else []
+        self.probe = probe_of(sequences or [(s.prompt_ids, s.response_ids) for s in samples],
+                              self.cfg.sync.probe_sequences)
+        scores, served = self.groups.generators.score_with_probe(sequences, self.probe)
+        stats = self._held_to_learner(served, self.probe)
+        if rescore:
+            count = len(pair_set.pairs)
+            trained = dataclasses.replace(trained, after=PairLogps.from_tokens(scores[:count], scores[count:],
+                                                                                trained.after.weights_hash))
+        return stats, trained
 
     def push(self) -> None:
         """The learner's weights into every engine, streamed (`iterdpo.rounds.push`)."""
@@ -190,16 +193,10 @@ class PolicyWeights:
 
     def for_evaluation(self) -> None:
         """Offline (`run.sampler` pi0), the engines serve pi0: the learner's weights go in for an evaluation, proven
-        by the parity check (`back_to_sampling` puts pi0 back)."""
+        by the parity check (the evaluation's scoring under pi0 puts pi0 back)."""
         if self.offline and self.policy_hash != self.pi0_hash:
             self.push()
             self.check_parity()
-
-    def back_to_sampling(self) -> None:
-        """Offline, the engines serve pi0 again after an evaluation (loaded from its files)."""
-        # (the engines' pi0 pass of the evaluation left them serving pi0 already, with sync.score_on_engine)
-        if self.offline and not self.cfg.sync.score_on_engine and self.policy_hash != self.pi0_hash:
-            self._serve_pi0()
 
     def _serve_pi0(self) -> None:
         """Offline: pi0 from its files into the engines, what they sample from."""
@@ -209,10 +206,13 @@ class PolicyWeights:
 
     def check_parity(self, probe: list[Sequence] | None = None) -> ParityStats:
         """How far every engine's log-probs of `probe` (default: the run's probe) are from the learner's
-        (`iterdpo.evaluation.parity`); a `ParityError` past the config's bounds. The engines score, then the learner:
-        on a CPU two computing at once slow each other down."""
+        (`iterdpo.evaluation.parity`); a `ParityError` past the config's bounds."""
         probe = self.probe if probe is None else probe
-        served = ray.get(self.groups.generators.logprobs(probe))
+        return self._held_to_learner(ray.get(self.groups.generators.logprobs(probe)), probe)
+
+    def _held_to_learner(self, served: list[list[list[float]]], probe: list[Sequence]) -> ParityStats:
+        """The engines' log-probs of `probe` (one list per engine) against the learner's, computed now: the engines
+        are done, and on a CPU two computing at once slow each other down."""
         learners = self.groups.learners
         stats = parity_stats(served, learners.results([learners.logprobs(probe)])[0])
         broken = stats.broken(self.cfg.sync.parity_tolerance, self.cfg.sync.parity_mean_tolerance)
@@ -221,11 +221,18 @@ class PolicyWeights:
                               f"(largest gap {stats.max:.3g}); the engine is not serving the learner's weights")
         return stats
 
+    @property
+    def learner_apart(self) -> bool:
+        """Whether the learner computes on a device of its own (a whole GPU): then its passes can run while the
+        engines generate; on shared CPU cores the two computing at once slow each other down."""
+        return self.cfg.learner.num_gpus >= 1
+
     def under_pi0(self, sequences: list[Sequence]) -> Callable[[], list[list[float]]]:
-        """Starts scoring `sequences` under pi0 and returns what waits for the scores. The learner starts at once
-        (it computes while the caller's next work runs on other actors); the engines score when waited for, as they
-        must be done generating, and then serve the learner's weights again (the ones last pushed), proven."""
-        if not self.cfg.sync.score_on_engine:
+        """Starts scoring `sequences` under pi0 and returns what waits for the scores. The learner scores them, at
+        once: pi0 is a swap in its own memory away, where the engines would take pi0 in, then the policy back with
+        a second parity check (2 s of the 9 s this pass took on the default task). Offline the engines score them,
+        as they are to serve pi0 again after the evaluation anyway (and must be done generating when waited for)."""
+        if not self.offline:
             learners = self.groups.learners
             pending = learners.logprobs(sequences, self.pi0)
             return lambda: learners.results([pending])[0]
@@ -233,11 +240,7 @@ class PolicyWeights:
         def on_engines() -> list[list[float]]:
             self.engines_current = False
             scores = self.groups.generators.score(sequences, self.pi0)
-            if self.offline:  # pi0 is what the engines serve between evaluations
-                self.engines_current = True
-                return scores
-            self.push()
-            self.check_parity()
+            self.engines_current = True  # pi0, what the engines serve between evaluations
             return scores
 
         return on_engines
