@@ -20,8 +20,10 @@ floor = generate + reference + train; the ratio is `time/round` without its `eva
 (target <= 1.3 for configs/default.yaml). The evaluation's floor is the bare engine, holding the trained weights,
 generating its responses: the held-out prompts (generator.eval_samples_per_prompt each, the evaluation's seed) and
 the safety suite's prompts (greedy, as `safety_metrics` asks); the evaluate phase is reported against it (target
-<= 1.3), and the whole round against floor + evaluation floor. The breakdown puts
-every phase beside its floor part and names the work outside the floor: judging, pairing, the learner's scoring
+<= 1.3), and the whole round against floor + evaluation floor. Where the learner computes apart from the engines
+(`iterdpo.rounds.weights.learner_apart`: a GPU of its own, or here `generator.torch_threads=1
+learner.torch_threads=1` on 2 cores) its pass under pi0 runs beside the safety suite; the line says which. The
+breakdown puts every phase beside its floor part and names the work outside the floor: judging, pairing, the learner's scoring
 passes under other weights (pi0 for cumulative drift, on the engines by default; a fixed or EMA reference), the
 re-scoring after training (drift metrics: on the engines in the same call as the parity check of `sync_weights`,
 or `time/train_rescore` inside the learner's `train`), the weight push, the gate's checkpoint write.
@@ -167,15 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.rounds.runtime import actor_env
 
     os.environ.update(actor_env())  # the bare engine runs in the generator actor's mode (in-process, in-place loads)
+    from iterdpo.core.devices import cpu_cores
     from iterdpo.data.models import resolve_model
     from iterdpo.rounds.orchestrator import Orchestrator
+    from iterdpo.rounds.weights import learner_apart
     from iterdpo.core.seeds import round_seed
     from iterdpo.data.weight_files import read_weights
 
     cfg = run_config(args, f"run.rounds={args.rounds}")
+    apart = learner_apart(cfg, cpu_cores(), cluster=False)
     header("round_floor", {"config": Path(args.config).name, "model": cfg.model.path, "rounds": args.rounds,
                            "P": cfg.data.prompts_per_round, "samples_per_prompt": cfg.round.samples_per_prompt,
-                           "loss": cfg.round.loss, "epochs": cfg.round.epochs, "load": os.getloadavg()})
+                           "loss": cfg.round.loss, "epochs": cfg.round.epochs,
+                           "threads": f"engine {cfg.generator.torch_threads}, learner {cfg.learner.torch_threads}",
+                           "learner_apart": apart, "load": os.getloadavg()})
     if cfg.round.loss != "dpo":
         print(f"round_floor: the floor's steps are DPO's; round.loss is {cfg.round.loss}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="round_floor-"))
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluations.append(row["time/evaluate"] / evaluation_floor)
             progress(f"round {index}: iterdpo {training:.1f} s (+ evaluate {row['time/evaluate']:.1f} s), "
                      f"floor {total:.1f} s")
-            table.append(_breakdown(index, row, timed, tokens, steps, evaluation_floor))
+            table.append(_breakdown(index, row, timed, tokens, steps, evaluation_floor, apart))
     finally:
         orchestrator.shutdown()
         shutil.rmtree(work, ignore_errors=True)
@@ -228,8 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {os.getloadavg()}")
     print(ratio_line("round_floor: round without evaluate/floor time", statistics.median(ratios), FLOOR_TARGET))
     print(ratio_line("round_floor: whole round/(floor + evaluation floor) time", statistics.median(whole)))
-    print(ratio_line("round_floor: evaluate/its bare generation time", statistics.median(evaluations),
-                     EVALUATION_TARGET))
+    where = "beside the safety suite (the learner apart)" if apart else "after the engines (cores shared)"
+    print(ratio_line(f"round_floor: evaluate/its bare generation time, pi0 pass {where}",
+                     statistics.median(evaluations), EVALUATION_TARGET))
     return 0
 
 
@@ -244,7 +252,8 @@ def _saved_pairs(path: Path):
     return [Pair(**{k: v for k, v in row.items() if k in fields}) for row in datasets.load_from_disk(str(path))]
 
 
-def _breakdown(index: int, row: dict, floor: dict, tokens: int, steps: int, evaluation: float) -> list[list]:
+def _breakdown(index: int, row: dict, floor: dict, tokens: int, steps: int, evaluation: float,
+               apart: bool) -> list[list]:
     """Each phase beside its floor part; the phases with no floor part are wholly outside it."""
     rescore = row.get("time/train_rescore", 0.0)
     return [
@@ -261,7 +270,8 @@ def _breakdown(index: int, row: dict, floor: dict, tokens: int, steps: int, eval
         [index, "round without evaluate", row["time/round"] - row["time/evaluate"], sum(floor.values()),
          f"ratio {(row['time/round'] - row['time/evaluate']) / sum(floor.values()):.3f}"],
         [index, "evaluate", row["time/evaluate"], evaluation,
-         "judging, the held-out samples under pi0 on the learner (KL): " +
+         f"judging, the held-out samples under pi0 on the learner (KL, {'beside' if apart else 'after'} the "
+         "safety suite): " +
          ", ".join(f"{key[len('time/evaluate/'):]} {value:.2f}" for key, value in row.items()
                    if key.startswith("time/evaluate/"))],
     ]

@@ -184,6 +184,8 @@ class LearnerConfig(Checked):
     weight_decay: NonNegativeFloat = 0.0
     bf16: bool = False  # bf16 forward/backward with fp32 master weights (DeepSpeed), where the accelerator has it
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
+    # Where the learners' and the engines' threads fit in a local node's cores together, the learner's evaluation
+    # pass runs beside the engines' generation (`iterdpo.rounds.weights.learner_apart`).
     torch_threads: PositiveInt = 2
     lora: LoraConfig = field(default_factory=LoraConfig)
 

@@ -30,3 +30,8 @@ def device_kind() -> str:
 def visible_devices() -> str | None:
     """CUDA_VISIBLE_DEVICES as this process sees it (None: not set)."""
     return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, not merely the machine's count)."""
+    return len(os.sched_getaffinity(0))

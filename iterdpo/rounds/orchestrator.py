@@ -232,8 +232,8 @@ class Orchestrator:
             self.weights.for_evaluation()
             samples = self.groups.generators.generate(list(self.prompts.eval), sampling)
         sequences = [(s.prompt_ids, s.response_ids) for s in samples]
-        # Scored under pi0 while the engines run the safety suite where the learner has a device of its own, else
-        # once the engines are done (an engine and the learner computing at once slow each other down on a CPU).
+        # Scored under pi0 while the engines run the safety suite where the learner computes apart from them (a GPU
+        # or cores of its own), else once they are done (on shared cores the two at once slow each other down).
         under_pi0 = self.weights.under_pi0(sequences) if round_index > 0 and self.weights.learner_apart else None
         with timer.phase("evaluate/safety"):
             safety = safety_metrics(self.groups.generators.first, self.groups.judges.first, self.safety_prompts,
