@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.data.weight_files import read_weights
 
     cfg = run_config(args, f"run.rounds={args.rounds}")
-    apart = learner_apart(cfg, cpu_cores(), cluster=False)
+    apart = learner_apart(cfg, cpu_cores(), cluster=bool(os.environ.get("RAY_ADDRESS")))  # as the run decides
     header("round_floor", {"config": Path(args.config).name, "model": cfg.model.path, "rounds": args.rounds,
                            "P": cfg.data.prompts_per_round, "samples_per_prompt": cfg.round.samples_per_prompt,
                            "loss": cfg.round.loss, "epochs": cfg.round.epochs,

@@ -13,7 +13,9 @@ from transformers import AutoModelForCausalLM
 from iterdpo.config.loading import load_config
 from iterdpo.core.devices import cpu_cores
 from iterdpo.data.models import resolve_model
+from iterdpo.rounds import orchestrator as orchestrator_module
 from iterdpo.rounds.orchestrator import Orchestrator
+from iterdpo.rounds.weights import PolicyWeights
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +28,24 @@ def pi0_logprobs(model, prompt: list[int], response: list[int]) -> list[float]:
     return logits.log_softmax(-1).gather(-1, ids[0, len(prompt) :, None]).squeeze(-1).tolist()
 
 
-def run_round(cfg, run_dir) -> tuple[bool, list[dict]]:
+def run_round(cfg, run_dir, started: list[str]) -> tuple[bool, list[dict], list[str]]:
+    """The run's rows, and what its evaluations started, in order ("safety" suites, "pi0" passes)."""
+    started.clear()
     orchestrator = Orchestrator(cfg, run_dir)
     try:
-        return orchestrator.weights.learner_apart, orchestrator.run()
+        return orchestrator.weights.learner_apart, orchestrator.run(), list(started)
     finally:
         orchestrator.shutdown()
+
+
+def record_starts(monkeypatch) -> list[str]:
+    started: list[str] = []
+    safety, under_pi0 = orchestrator_module.safety_metrics, PolicyWeights.under_pi0
+    monkeypatch.setattr(orchestrator_module, "safety_metrics",
+                        lambda *args, **kwargs: started.append("safety") or safety(*args, **kwargs))
+    monkeypatch.setattr(PolicyWeights, "under_pi0",
+                        lambda self, sequences: started.append("pi0") or under_pi0(self, sequences))
+    return started
 
 
 def test_kl_to_pi0_scored_beside_the_safety_suite(ray_session, tmp_path, monkeypatch):
@@ -39,10 +53,13 @@ def test_kl_to_pi0_scored_beside_the_safety_suite(ray_session, tmp_path, monkeyp
     evaluation figure that the same run with the pass after the engines gives, bit for bit."""
     assert cpu_cores() >= 2, "a 1-thread engine beside a 1-thread learner needs 2 cores"
     cfg = load_config("configs/smoke.yaml", ["run.rounds=1", "generator.torch_threads=1", "learner.torch_threads=1"])
-    apart, rows = run_round(cfg, tmp_path / "apart")
+    started = record_starts(monkeypatch)
+    apart, rows, order = run_round(cfg, tmp_path / "apart", started)
     monkeypatch.setattr("iterdpo.rounds.weights.cpu_cores", lambda: 1)  # 2 threads on 1 core: after the engines
-    after, rows_after = run_round(cfg, tmp_path / "after")
+    after, rows_after, order_after = run_round(cfg, tmp_path / "after", started)
     assert apart and not after
+    # round 0 (pi0) has no pass; round 1's starts before its safety suite only where the learner is apart
+    assert order == ["safety", "pi0", "safety"] and order_after == ["safety", "safety", "pi0"]
     samples = load_from_disk(str(tmp_path / "apart" / "round_001" / "eval_samples"))
     model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model.path), dtype=torch.float32).eval()
     under_pi0 = [pi0_logprobs(model, prompt, response) if response else []

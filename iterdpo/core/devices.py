@@ -32,6 +32,12 @@ def visible_devices() -> str | None:
     return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
-def cpu_cores() -> int:
-    """The CPU cores this process may run on (its affinity, not merely the machine's count)."""
-    return len(os.sched_getaffinity(0))
+def cpu_cores(cgroup_limit: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """The CPU cores this process may run on: its affinity, and at most a container's CPU limit (cgroup v2
+    `cpu.max`, "quota period" or "max"), which the affinity does not show."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = open(cgroup_limit).read().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    return cores if quota == "max" else max(1, min(cores, int(quota) // int(period)))

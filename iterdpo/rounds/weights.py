@@ -63,9 +63,10 @@ class _Trained:
 
 def learner_apart(cfg: Config, cores: int, cluster: bool) -> bool:
     """Whether the learner computes where the engines do not: on a whole GPU; on CPU beside engines on GPUs; or,
-    all on a local CPU node of `cores` cores, on threads that fit beside the engines'. Its passes then run while the
-    engines generate; on shared cores the two computing at once slow each other down (the safety suite took 4x as
-    long on 2 cores with 2 threads each). On a cluster, CPU actors' nodes are Ray's choice: never apart there."""
+    all on a local CPU node of `cores` cores, on threads that fit beside the engines' (counted for every replica: an
+    upper bound). Its passes then run while the engines generate; on shared cores the two computing at once slow
+    each other down (the safety suite took 4x as long on 2 cores with 2 threads each). On a cluster, where Ray
+    places CPU actors on nodes of its choosing, a CPU learner beside CPU engines is never counted apart."""
     learner, generator = cfg.learner, cfg.generator
     if learner.num_gpus > 0:
         return learner.num_gpus >= 1  # a share of a GPU is shared with whatever else it holds
