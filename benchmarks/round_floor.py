@@ -23,10 +23,10 @@ the safety suite's prompts (greedy, as `safety_metrics` asks); the evaluate phas
 <= 1.3), and the whole round against floor + evaluation floor. Where the learner computes apart from the engines
 (`iterdpo.rounds.weights.learner_apart`: a GPU of its own, or here `generator.torch_threads=1
 learner.torch_threads=1` on 2 cores) its pass under pi0 runs beside the safety suite; the line says which. The
-breakdown puts every phase beside its floor part and names the work outside the floor: judging, pairing, the learner's scoring
-passes under other weights (pi0 for cumulative drift, on the engines by default; a fixed or EMA reference), the
-re-scoring after training (drift metrics: on the engines in the same call as the parity check of `sync_weights`,
-or `time/train_rescore` inside the learner's `train`), the weight push, the gate's checkpoint write.
+breakdown puts every phase beside its floor part and names the work outside the floor: judging, pairing, the
+learner's scoring passes under other weights (pi0 for cumulative drift, on the engines by default; a fixed or EMA
+reference), the re-scoring after training (drift metrics: on the engines in the same call as the parity check of
+`sync_weights`, or `time/train_rescore` inside the learner's `train`), the weight push, the gate's checkpoint write.
 """
 
 from __future__ import annotations
@@ -169,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.rounds.runtime import actor_env
 
     os.environ.update(actor_env())  # the bare engine runs in the generator actor's mode (in-process, in-place loads)
-    from iterdpo.core.devices import cpu_cores
     from iterdpo.data.models import resolve_model
     from iterdpo.rounds.orchestrator import Orchestrator
     from iterdpo.rounds.weights import learner_apart
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.data.weight_files import read_weights
 
     cfg = run_config(args, f"run.rounds={args.rounds}")
-    apart = learner_apart(cfg, cpu_cores(), cluster=bool(os.environ.get("RAY_ADDRESS")))  # as the run decides
+    apart = learner_apart(cfg)  # as the run decides
     header("round_floor", {"config": Path(args.config).name, "model": cfg.model.path, "rounds": args.rounds,
                            "P": cfg.data.prompts_per_round, "samples_per_prompt": cfg.round.samples_per_prompt,
                            "loss": cfg.round.loss, "epochs": cfg.round.epochs,

@@ -9,6 +9,7 @@ benchmark that builds an actor's class in its own process) it follows the machin
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def gpu_ids() -> list[str]:
@@ -37,7 +38,7 @@ def cpu_cores(cgroup_limit: str = "/sys/fs/cgroup/cpu.max") -> int:
     `cpu.max`, "quota period" or "max"), which the affinity does not show."""
     cores = len(os.sched_getaffinity(0))
     try:
-        quota, period = open(cgroup_limit).read().split()[:2]
+        quota, period = Path(cgroup_limit).read_text().split()[:2]
     except (OSError, ValueError):
         return cores
     return cores if quota == "max" else max(1, min(cores, int(quota) // int(period)))

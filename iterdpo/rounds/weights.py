@@ -60,20 +60,23 @@ class _Trained:
     weights_hash: str
 
 
-
-def learner_apart(cfg: Config, cores: int, cluster: bool) -> bool:
+def learner_apart(cfg: Config, cores: int | None = None, cluster: bool | None = None) -> bool:
     """Whether the learner computes where the engines do not: on a whole GPU; on CPU beside engines on GPUs; or,
-    all on a local CPU node of `cores` cores, on threads that fit beside the engines' (counted for every replica: an
-    upper bound). Its passes then run while the engines generate; on shared cores the two computing at once slow
-    each other down (the safety suite took 4x as long on 2 cores with 2 threads each). On a cluster, where Ray
-    places CPU actors on nodes of its choosing, a CPU learner beside CPU engines is never counted apart."""
+    all on a local CPU node of `cores` cores (default: this process's), on threads that fit beside the engines'
+    (counted for every replica: an upper bound). Its passes then run while the engines generate; on shared cores the
+    two computing at once slow each other down (the safety suite took 4x as long on 2 cores with 2 threads each). On
+    a cluster (default: RAY_ADDRESS set), where Ray places CPU actors on nodes of its choosing, a CPU learner beside
+    CPU engines is never counted apart."""
     learner, generator = cfg.learner, cfg.generator
     if learner.num_gpus > 0:
         return learner.num_gpus >= 1  # a share of a GPU is shared with whatever else it holds
     if generator.num_gpus > 0:
         return True
+    if bool(os.environ.get("RAY_ADDRESS")) if cluster is None else cluster:
+        return False
     threads = learner.torch_threads * learner.replicas + generator.torch_threads * generator.replicas
-    return not cluster and threads <= cores
+    return threads <= (cpu_cores() if cores is None else cores)
+
 
 class PolicyWeights:
     def __init__(self, cfg: Config, groups: ActorGroups, files: RunDir) -> None:
@@ -240,7 +243,7 @@ class PolicyWeights:
 
     @property
     def learner_apart(self) -> bool:
-        return learner_apart(self.cfg, cpu_cores(), cluster=bool(os.environ.get("RAY_ADDRESS")))
+        return learner_apart(self.cfg)
 
     def under_pi0(self, sequences: list[Sequence]) -> Callable[[], list[list[float]]]:
         """Starts scoring `sequences` under pi0 and returns what waits for the scores. The learner scores them, at
